@@ -1,0 +1,1 @@
+"""Placeholder quickstart: writes a small synthetic run and validates it (replaced by the emoji benchmark)."""
