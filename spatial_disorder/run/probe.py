@@ -13,9 +13,9 @@ A probe set has two tables so that one image can carry many captions (COCO and F
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,7 @@ class ProbeSet:
         image_paths: Sequence[str] | None = None,
         domain: str | Sequence[str] | None = None,
         **extra_columns: Sequence,
-    ) -> "ProbeSet":
+    ) -> ProbeSet:
         """One caption per image (the common case for a custom model's probe items)."""
         n = len(captions)
         ids = [str(i) for i in (range(n) if ids is None else ids)]
@@ -77,7 +77,7 @@ class ProbeSet:
     @classmethod
     def from_captions(
         cls, name: str, images: pd.DataFrame, captions: Sequence[Sequence[str]]
-    ) -> "ProbeSet":
+    ) -> ProbeSet:
         """Many captions per image: ``captions[i]`` lists the captions of ``images.iloc[i]``."""
         images = images.reset_index(drop=True)
         if len(captions) != len(images):

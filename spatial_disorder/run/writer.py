@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class RunWriter:
 
     # --- opening --------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, metadata: Mapping | None = None, overwrite: bool = False) -> "RunWriter":
+    def create(cls, path: str | os.PathLike, metadata: Mapping | None = None, overwrite: bool = False) -> RunWriter:
         """Start a new, empty run directory (refuses to replace an existing run unless ``overwrite``)."""
         path = Path(path)
         if (path / MANIFEST).exists():
@@ -86,7 +86,7 @@ class RunWriter:
         return cls(path, manifest)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RunWriter":
+    def open(cls, path: str | os.PathLike) -> RunWriter:
         """Open an existing run to append stages (the run is validated first)."""
         from .reader import open_run
 
