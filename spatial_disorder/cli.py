@@ -1,7 +1,12 @@
 """`sd-analyze`: thin command line over the run reader, the analyzers, the report and the gate.
 
 Usage:
-  sd-analyze RUN_DIR [options]          analyse a run and write its report (default command)
+  sd-analyze RUN_DIR [--ref STAGE] [--probe NAME ...] [--k K] [--fast] [--out DIR] [--backend NAME]
+                                        analyse a run and write its report (default command)
+  sd-analyze compare RUN_A RUN_B [...] [--out DIR]
+  sd-analyze check RUN --ref 0 --candidate -1 --thresholds FILE          two stages of a run
+  sd-analyze check --reference RUN_A --candidate RUN_B --thresholds FILE  the same stage of two runs
+  sd-analyze check --ref-image a.npy --ref-text b.npy --cand-image c.npy --cand-text d.npy --thresholds FILE
   sd-analyze info RUN_DIR               print what a run holds
   sd-analyze validate RUN_DIR [--finite]
 Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
@@ -10,9 +15,24 @@ Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
-from .errors import SpatialDisorderError
+from .errors import InputError, SpatialDisorderError
+
+SUBCOMMANDS = ("analyze", "compare", "check", "info", "validate")
+
+
+def _stage_arg(value: str):
+    """A stage given on the command line: an integer index (negative counts from the end) or a name."""
+    value = str(value)
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
 
 
 def _cmd_info(args) -> int:
@@ -39,9 +59,183 @@ def _cmd_validate(args) -> int:
     return 0
 
 
+def _analyse(run, args, ref=0):
+    from .analysis import analyze_run
+
+    if args.k < 1:
+        raise InputError(f"--k must be at least 1, not {args.k}")
+    try:
+        return analyze_run(run, ref=ref, probes=args.probe or None, k=args.k, fast=args.fast, backend=args.backend, progress=_interactive())
+    except KeyError as exc:  # unknown stage name or index
+        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+def _cmd_analyze(args) -> int:
+    from .report import make_report
+    from .run import open_run
+
+    t = time.perf_counter()
+    run = open_run(args.run_dir)
+    ref = _stage_arg(args.ref)
+    analysis = _analyse(run, args, ref)
+    t_report = time.perf_counter()
+    report = make_report(analysis, run, ref=run.stage_name(ref) if isinstance(ref, int) else ref, backend=args.backend,
+                         progress=_interactive())
+    out = report.write(Path(args.out) if args.out else run.path / "report")
+    print(report.summary_text)
+    print(f"backend {analysis.meta.get('backend')}, k={analysis.meta.get('k')}, fast={analysis.meta.get('fast')}; "
+          f"{len(report.figures)} figures; analysis {t_report - t:.1f} s, report {time.perf_counter() - t_report:.1f} s")
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .report import compare_runs
+    from .report.compare import check_same_items, run_names
+    from .run import open_run
+
+    runs = [open_run(p) for p in args.runs]
+    check_same_items(runs)  # refuse before any work
+    analyses = [_analyse(run, args, _stage_arg(args.ref)) for run in runs]
+    report = compare_runs(runs, analyses)
+    names = run_names(runs)
+    out = Path(args.out) if args.out else runs[0].path / f"compare-{'-'.join(names[1:])}"
+    out = report.write(out)
+    print(f"compared {' vs '.join(names)} ({len(runs[0].stages)} stages, probe sets {', '.join(sorted(runs[0].probes))})")
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+def _check_comparisons(args):
+    from .gate import from_arrays, from_runs, from_stages
+    from .run import open_run
+
+    arrays = [args.ref_image, args.ref_text, args.cand_image, args.cand_text]
+    modes = sum([args.run is not None, args.reference is not None, any(a is not None for a in arrays)])
+    if modes != 1:
+        raise InputError("give exactly one of: RUN (two stages of it), --reference RUN_A --candidate RUN_B, or --ref-*/--cand-* arrays")
+    if args.run is not None:
+        run = open_run(args.run)
+        cand = "-1" if args.candidate is None else args.candidate
+        comps = from_stages(run, _stage_arg(args.ref), _stage_arg(cand), args.probe)
+        nulls = [from_stages(open_run(p), _stage_arg(args.ref), _stage_arg(cand), args.probe) for p in args.null]
+        return comps, nulls
+    if args.reference is not None:
+        if args.candidate is None:
+            raise InputError("--reference needs --candidate RUN_B")
+        ref, cand = open_run(args.reference), open_run(args.candidate)
+        comps = from_runs(ref, cand, _stage_arg(args.stage), args.probe)
+        nulls = [from_runs(ref, open_run(p), _stage_arg(args.stage), args.probe) for p in args.null]
+        return comps, nulls
+    if args.null:
+        raise InputError("--null needs a run (RUN or --reference); with arrays, calibration bootstraps over items only")
+    return from_arrays(args.ref_image, args.ref_text, args.cand_image, args.cand_text, args.text_to_image), []
+
+
+def _cmd_check(args) -> int:
+    from .gate import (
+        analyse,
+        annotations,
+        counts,
+        evaluate,
+        exit_code,
+        junit_xml,
+        load_thresholds,
+        markdown_summary,
+        null_band,
+        propose,
+        to_toml,
+    )
+    from .run.atomic import atomic_write_bytes
+
+    if not args.calibrate and not args.thresholds:
+        raise InputError("--thresholds FILE is required (or --calibrate to propose one)")
+    checks = load_thresholds(args.thresholds) if args.thresholds else []  # bad TOML fails before any work
+    comps, nulls = _check_comparisons(args)
+    label = comps[0].label
+    if args.calibrate:
+        band = null_band([comps, *nulls], replicates=args.replicates, fraction=args.fraction, seed=args.seed, k=args.k,
+                         fast=args.fast, backend=args.backend)
+        proposed = propose(band, slack=args.slack)
+        header = (f"Thresholds proposed by sd-analyze check --calibrate from {label}"
+                  f"{' and ' + str(len(nulls)) + ' null run(s)' if nulls else ''}: null band over {args.replicates} item subsamples "
+                  f"({args.fraction:.0%} of images each), one band width (x{args.slack:g}) beyond its worse edge.\n"
+                  "Review before use; delete the checks you do not want.")
+        text = to_toml(proposed, header)
+        if args.write_thresholds:
+            atomic_write_bytes(Path(args.write_thresholds), text.encode("utf-8"))
+            print(f"wrote {len(proposed)} checks to {args.write_thresholds}", file=sys.stderr)
+        print(text, end="")
+        return 0
+    t = time.perf_counter()
+    summary = analyse(comps, k=args.k, fast=args.fast, backend=args.backend, seed=args.seed)
+    results = evaluate(summary, checks)
+    print(f"sd-analyze check: {label} ({len(comps)} probe set{'s' if len(comps) != 1 else ''}), thresholds {args.thresholds}")
+    for r in results:
+        print(r.line())
+    c = counts(results)
+    code = exit_code(results)
+    print(f"{'FAILED' if code else 'PASSED'}: {c['pass']} passed, {c['warn']} warnings, {c['fail']} failed")
+    if args.junit:
+        atomic_write_bytes(Path(args.junit), junit_xml(results, elapsed_s=time.perf_counter() - t))
+    summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path:
+        for line in annotations(results, file=args.thresholds):
+            print(line)
+        with open(summary_path, "a", encoding="utf-8") as fh:
+            fh.write(markdown_summary(results, title=f"Spatial-disorder gate: {label}"))
+    return code
+
+
+def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ref", default="0", help="reference stage (index or name; default 0)")
+    p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set to analyse (repeatable; default all)")
+    p.add_argument("--k", type=int, default=10, help="neighbours for the kNN metrics (default 10)")
+    p.add_argument("--fast", action="store_true", help="sample query items for the kNN and retrieval metrics")
+    p.add_argument("--backend", default="auto", help="neighbour search: auto, faiss, faiss-ivf, torch, numpy")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sd-analyze", description="Spatial-disorder analysis of continually trained CLIP runs.")
+    parser = argparse.ArgumentParser(prog="sd-analyze", description="Spatial-disorder analysis of continually trained CLIP runs.",
+                                     epilog="sd-analyze RUN_DIR [options] is short for sd-analyze analyze RUN_DIR [options].")
     sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("analyze", help="analyse a run and write its report (the default command)")
+    p.add_argument("run_dir")
+    _add_analysis_options(p)
+    p.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("compare", help="compare runs over the same probe items and stages")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    _add_analysis_options(p)
+    p.add_argument("--out", help="report folder (default RUN_A/compare-<other runs>)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("check", help="CI gate: compare a candidate against a reference under thresholds")
+    p.add_argument("run", nargs="?", help="a run: compare its stages --ref and --candidate")
+    p.add_argument("--ref", default="0", help="reference stage of RUN (default 0)")
+    p.add_argument("--candidate", help="candidate stage of RUN (default -1), or the candidate run with --reference")
+    p.add_argument("--reference", metavar="RUN_A", help="reference run (compare the same --stage of two runs)")
+    p.add_argument("--stage", default="-1", help="stage compared between two runs (default -1, the last)")
+    for side in ("ref", "cand"):
+        for mod in ("image", "text"):
+            p.add_argument(f"--{side}-{mod}", metavar="NPY", help=f"{'reference' if side == 'ref' else 'candidate'} {mod} embeddings (.npy)")
+    p.add_argument("--text-to-image", metavar="NPY", help="image row of every caption (.npy of ints; default: caption j <-> image j)")
+    p.add_argument("--thresholds", metavar="TOML", help="thresholds file (see docs/gate.md)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set to check (repeatable; default all)")
+    p.add_argument("--k", type=int, default=10, help="neighbours for the kNN metrics (default 10)")
+    p.add_argument("--fast", action="store_true", help="sample query items for the kNN and retrieval metrics")
+    p.add_argument("--backend", default="auto", help="neighbour search: auto, faiss, faiss-ivf, torch, numpy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibrate", action="store_true", help="propose thresholds from a null band instead of checking")
+    p.add_argument("--null", action="append", default=[], metavar="RUN", help="with --calibrate: a known-good run with another seed (repeatable)")
+    p.add_argument("--replicates", type=int, default=20, help="item subsamples for --calibrate (default 20)")
+    p.add_argument("--fraction", type=float, default=0.8, help="share of images in each subsample (default 0.8)")
+    p.add_argument("--slack", type=float, default=1.0, help="band widths between the band and a proposed threshold (default 1)")
+    p.add_argument("--write-thresholds", metavar="FILE", help="with --calibrate: also write the proposed TOML to FILE")
+    p.set_defaults(func=_cmd_check)
+
     p = sub.add_parser("info", help="print what a run holds")
     p.add_argument("run_dir")
     p.set_defaults(func=_cmd_info)
@@ -54,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "analyze")  # `sd-analyze RUN_DIR ...` is the default command
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -61,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    if args.command == "compare" and len(args.runs) < 2:
+        print("error: compare needs at least two runs", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

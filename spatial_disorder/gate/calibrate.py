@@ -1,0 +1,102 @@
+"""Propose thresholds from a null band: how much the metrics move in comparisons known to be acceptable.
+
+The band of each metric is the spread of its value over item subsamples (a subsampling bootstrap: each
+replicate keeps ``fraction`` of the images, without replacement, with all their captions) of every
+known-good comparison (the one given, plus those against ``--null`` runs trained with another seed).
+A proposed threshold sits one band width beyond the band's worse edge: ``max = hi + slack * (hi - lo)``
+for metrics that are worse when higher, ``min = lo - slack * (hi - lo)`` for those worse when lower (the width
+is at least 0.1% of the band's magnitude; bounds are rounded outwards to six significant digits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .inputs import Comparison, analyse
+from .thresholds import Threshold
+
+# Bookkeeping values, not quality measures: never proposed as thresholds.
+SKIP = {"topology_pairs", "knn_overlap_items", "knn_overlap_ci_low", "knn_overlap_ci_high", "modality_gap_a", "modality_gap_b",
+        "contrastive_kl_rows"}
+
+
+def subsample(c: Comparison, fraction: float, rng: np.random.Generator) -> Comparison:
+    """Keep a random ``fraction`` of the images (and their captions) in both reference and candidate."""
+    mods = set(c.reference)
+    n_img = c.reference["image"].shape[0] if "image" in mods else c.reference["text"].shape[0]
+    keep = np.sort(rng.choice(n_img, size=max(2, int(round(fraction * n_img))), replace=False))
+    ref, cand, t2i = {}, {}, None
+    if "image" in mods:
+        ref["image"], cand["image"] = c.reference["image"][keep], c.candidate["image"][keep]
+    if "text" in mods:
+        if c.text_to_image is not None and "image" in mods:
+            remap = np.full(n_img, -1)
+            remap[keep] = np.arange(len(keep))
+            rows = np.flatnonzero(remap[c.text_to_image] >= 0)
+            t2i = remap[c.text_to_image[rows]]
+        else:
+            rows = keep
+        ref["text"], cand["text"] = c.reference["text"][rows], c.candidate["text"][rows]
+    return Comparison(c.probe, ref, cand, t2i, c.label)
+
+
+def null_band(groups: list[list[Comparison]], replicates: int = 20, fraction: float = 0.8, seed: int = 0, k: int = 10,
+              fast: bool = False, backend="auto", quantiles=(0.025, 0.975)) -> pd.DataFrame:
+    """Per (probe, modality, metric): observed value(s) and the band [lo, hi] over all subsamples of all groups."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for g, comps in enumerate(groups):
+        full = analyse(comps, k=k, fast=fast, backend=backend, seed=seed)
+        full["source"], full["replicate"] = g, -1
+        values.append(full)
+        for r in range(replicates):
+            sub = [subsample(c, fraction, rng) for c in comps]
+            s = analyse(sub, k=min(k, _min_items(sub) - 1), fast=fast, backend=backend, seed=seed)
+            s["source"], s["replicate"] = g, r
+            values.append(s)
+    allv = pd.concat(values, ignore_index=True)
+    allv = allv[~allv["metric"].isin(SKIP)]
+    rows = []
+    for (probe, mod, metric), grp in allv.groupby(["probe", "modality", "metric"], sort=False):
+        v = grp["value"].astype(float).to_numpy()
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        obs = grp.loc[grp["replicate"] == -1, "value"].astype(float)
+        rows.append({"probe": probe, "modality": mod, "metric": metric, "observed": float(obs.mean()),
+                     "lo": float(np.quantile(v, quantiles[0])), "hi": float(np.quantile(v, quantiles[1])), "n": int(len(v))})
+    return pd.DataFrame(rows, columns=["probe", "modality", "metric", "observed", "lo", "hi", "n"])
+
+
+def _min_items(comps: list[Comparison]) -> int:
+    return min(min(a.shape[0] for a in c.reference.values()) for c in comps)
+
+
+def _round(x: float, up: bool, digits: int = 6) -> float:
+    """Round to ``digits`` significant digits away from the band (so rounding never tightens a bound)."""
+    if x == 0 or not np.isfinite(x):
+        return float(x)
+    step = 10.0 ** (np.floor(np.log10(abs(x))) - (digits - 1))
+    q = x / step
+    q = np.round(q) if abs(q - np.round(q)) < 1e-6 else (np.ceil(q) if up else np.floor(q))  # float noise is not a digit
+    return float(f"{q * step:.{digits + 2}g}")
+
+
+def propose(band: pd.DataFrame, slack: float = 1.0, severity: str = "fail") -> list[Threshold]:
+    """Thresholds one ``slack`` band width beyond the worse edge of each metric's null band."""
+    from ..metrics.registry import METRICS
+
+    out = []
+    for row in band.itertuples(index=False):
+        info = METRICS.get(row.metric)
+        if info is None or row.metric in SKIP:
+            continue
+        # a band of zero width (a metric that does not vary across subsamples) still gets 0.1% of headroom
+        width = max(row.hi - row.lo, 1e-3 * max(abs(row.hi), abs(row.lo)), 1e-9)
+        lo, hi = row.lo - slack * width, row.hi + slack * width
+        if info.unit == "fraction":
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        bound = {"max": _round(hi, up=True)} if info.worse_when == "higher" else {"min": _round(lo, up=False)}
+        out.append(Threshold(row.metric, probe=row.probe, modality=row.modality, severity=severity, **bound))
+    return out

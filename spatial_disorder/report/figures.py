@@ -1,0 +1,524 @@
+"""Report figures, each drawn from the analysis' tidy frames, with a one-sentence reading computed from the numbers.
+
+Every function returns a ``ReportFigure`` (or ``None`` when the data it needs is absent). Figures are built
+on ``matplotlib.figure.Figure`` directly (no pyplot, no global figure registry, any backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from .style import MODALITY_COLORS, SEQUENTIAL_CMAP, color_cycle, report_style
+
+SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal")
+MODALITIES = ("image", "text")
+
+
+@dataclass
+class ReportFigure:
+    """One figure of the report: where it goes, what it is called, and what it shows in one sentence."""
+
+    key: str  # file stem, e.g. "rotation_hist_val"
+    section: str  # one of SECTIONS
+    title: str
+    figure: object  # matplotlib.figure.Figure
+    reading: str
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def stage_order(analysis) -> list[str]:
+    """Stage names in run order (from the analysis meta, else order of appearance)."""
+    meta = getattr(analysis, "meta", {}) or {}
+    if meta.get("stages"):
+        return [str(s) for s in meta["stages"]]
+    seen: list[str] = []
+    for frame, cols in ((analysis.retrieval, ("stage",)), (analysis.summary, ("stage_a", "stage_b"))):
+        if frame is None or len(frame) == 0:
+            continue
+        for col in cols:
+            for s in frame[col].astype(str):
+                if s not in seen:
+                    seen.append(s)
+    return seen
+
+
+def summary_value(summary: pd.DataFrame, metric: str, probe: str, modality: str, a: str, b: str) -> float:
+    """One value of the tidy summary, or NaN when that combination was not computed."""
+    sel = summary[
+        (summary["metric"] == metric)
+        & (summary["probe"].astype(str) == probe)
+        & (summary["modality"] == modality)
+        & (summary["stage_a"].astype(str) == a)
+        & (summary["stage_b"].astype(str) == b)
+    ]
+    return float(sel["value"].iloc[0]) if len(sel) else float("nan")
+
+
+def pair_matrix(summary: pd.DataFrame, metric: str, probe: str, modality: str, stages: list[str], symmetric: bool = True) -> np.ndarray:
+    """Stage x stage matrix of one summary metric (NaN where the pair was not analysed)."""
+    n = len(stages)
+    index = {s: i for i, s in enumerate(stages)}
+    mat = np.full((n, n), np.nan)
+    sel = summary[(summary["metric"] == metric) & (summary["probe"].astype(str) == probe) & (summary["modality"] == modality)]
+    for a, b, v in zip(sel["stage_a"].astype(str), sel["stage_b"].astype(str), sel["value"]):
+        if a in index and b in index:
+            mat[index[a], index[b]] = v
+            if symmetric and np.isnan(mat[index[b], index[a]]):
+                mat[index[b], index[a]] = v
+    return mat
+
+
+def item_metric_column(items: pd.DataFrame, *candidates: str) -> str | None:
+    """The per-item column holding a metric: first exact candidate present, else the first column containing it."""
+    cols = [c for c in items.columns if c not in ("stage_a", "stage_b", "probe", "modality", "row", "id")]
+    for c in candidates:
+        if c in cols:
+            return c
+    for c in candidates:
+        for col in cols:
+            if c in col:
+                return col
+    return None
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _probe_label(probe: str, n_probes: int) -> str:
+    return f" ({probe})" if n_probes > 1 else ""
+
+
+# --- intra-modal rotation ------------------------------------------------------------------------------
+def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
+    items = analysis.items
+    col = item_metric_column(items, "rotation_deg", "rotation_angle_deg", "rotation")
+    stages = stage_order(analysis)
+    if col is None or not len(items):
+        return None
+    sel = items[(items["probe"].astype(str) == probe) & (items["stage_a"].astype(str) == ref)]
+    later = [s for s in stages if s != ref and s in set(sel["stage_b"].astype(str))]
+    if not later:
+        return None
+    fig = _figure(11.5, 3.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    cmap = _cmap(len(later))
+    vals_all = sel[col].to_numpy(dtype=float)
+    vals_all = vals_all[np.isfinite(vals_all)]
+    hi = float(vals_all.max()) if len(vals_all) else 1.0
+    lo = float(vals_all.min()) if len(vals_all) else 0.0
+    lo = 0.0 if lo < 0.3 * hi else float(np.floor(lo * 0.95))  # zoom in when every item rotates by a similar angle
+    bins = np.linspace(lo, max(hi * 1.02, lo + 1e-6), 41)
+    for ax, mod in zip(axes, MODALITIES):
+        sub = sel[sel["modality"] == mod]
+        for i, stage in enumerate(later):
+            vals = sub.loc[sub["stage_b"].astype(str) == stage, col].to_numpy(dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if len(vals):
+                w = np.full(len(vals), 1.0 / len(vals))
+                ax.hist(vals, bins=bins, weights=w, histtype="step", linewidth=1.6, color=cmap[i], label=f"{ref} → {stage}")
+        ax.set_title(f"{mod} embeddings")
+        ax.set_xlabel("rotation angle per item (degrees)")
+    axes[0].set_ylabel("fraction of items")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="stage pair")
+    last = later[-1]
+    parts = []
+    for mod in MODALITIES:
+        mean = summary_value(analysis.summary, "rotation_mean_deg", probe, mod, ref, last)
+        p90 = summary_value(analysis.summary, "rotation_p90_deg", probe, mod, ref, last)
+        if np.isfinite(mean):
+            parts.append(f"{mod} embeddings rotate by {_fmt(mean)}° on average (90th percentile {_fmt(p90)}°)")
+    reading = (
+        f"By stage {last}, measured against {ref}, " + " and ".join(parts) + "." if parts else "No rotation values were computed."
+    )
+    return ReportFigure(f"rotation_hist_{probe}", "rotation", f"Per-item rotation angles{_probe_label(probe, n_probes)}", fig, reading)
+
+
+def _cmap(n: int) -> list:
+    from matplotlib import colormaps
+
+    cm = colormaps[SEQUENTIAL_CMAP]
+    return [cm(x) for x in (np.linspace(0.0, 0.85, n) if n > 1 else [0.0])]
+
+
+def stage_heatmaps(
+    matrices: dict[str, np.ndarray], stages: list[str], key: str, section: str, title: str, unit: str, reading: str, fmt: str = "{:.1f}"
+) -> ReportFigure | None:
+    """Stage x stage heatmaps, one panel per entry of ``matrices`` (NaN cells: pair not analysed)."""
+    mats = {k: m for k, m in matrices.items() if m is not None and np.isfinite(m).any()}
+    if not mats:
+        return None
+    n = len(stages)
+    side = min(max(3.2, 0.55 * n + 1.8), 7.0)
+    fig = _figure(side * len(mats) + 0.8, side)
+    axes = np.atleast_1d(fig.subplots(1, len(mats)))
+    finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
+    vmin, vmax = float(finite.min()), float(finite.max())
+    if vmax - vmin < 1e-12:
+        vmax = vmin + 1.0
+    image = None
+    for ax, (label, mat) in zip(axes, mats.items()):
+        masked = np.ma.masked_invalid(mat)
+        image = ax.imshow(masked, cmap=SEQUENTIAL_CMAP, vmin=vmin, vmax=vmax, origin="upper")
+        ax.set_facecolor("#dddddd")
+        ax.grid(False)
+        ax.set_xticks(range(n), stages, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+        ax.set_yticks(range(n), stages)
+        ax.set_title(label)
+        ax.set_xlabel("stage")
+        ax.set_ylabel("stage")
+        if n <= 12:
+            mid = (vmin + vmax) / 2
+            for i in range(n):
+                for j in range(n):
+                    v = mat[i, j]
+                    text = "–" if not np.isfinite(v) else fmt.format(v)
+                    color = "black" if (np.isfinite(v) and v > mid) or not np.isfinite(v) else "white"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label=unit)
+    return ReportFigure(key, section, title, fig, reading)
+
+
+def rotation_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    stages = stage_order(analysis)
+    mats = {f"{m} embeddings": pair_matrix(analysis.summary, "rotation_mean_deg", probe, m, stages) for m in MODALITIES}
+    worst = _worst_pair(analysis.summary, "rotation_mean_deg", probe, higher=True)
+    reading = (
+        f"The largest mean rotation between two analysed stages is {_fmt(worst[0])}° ({worst[1]} embeddings, {worst[2]} → {worst[3]}); "
+        "grey cells are stage pairs that were not analysed."
+        if worst
+        else "No stage pair was analysed."
+    )
+    return stage_heatmaps(
+        mats, stages, f"rotation_heatmap_{probe}", "rotation", f"Mean rotation angle, stage × stage{_probe_label(probe, n_probes)}",
+        "mean rotation angle (degrees)", reading,
+    )
+
+
+def overlap_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    stages = stage_order(analysis)
+    mats = {f"{m} embeddings": pair_matrix(analysis.summary, "knn_overlap_mean", probe, m, stages) for m in MODALITIES}
+    k = (getattr(analysis, "meta", {}) or {}).get("k", "k")
+    worst = _worst_pair(analysis.summary, "knn_overlap_mean", probe, higher=False)
+    reading = (
+        f"The lowest neighbour overlap is {_fmt(worst[0], 2)} ({worst[1]} embeddings, {worst[2]} → {worst[3]}): "
+        f"on average only {_fmt(100 * worst[0], 0)}% of an item's {k} nearest neighbours are kept."
+        if worst
+        else "No stage pair was analysed."
+    )
+    return stage_heatmaps(
+        mats, stages, f"overlap_heatmap_{probe}", "neighbours", f"Neighbour overlap (top-{k}), stage × stage{_probe_label(probe, n_probes)}",
+        "fraction of neighbours kept (0-1)", reading, fmt="{:.2f}",
+    )
+
+
+def r1_heatmap(matrix: np.ndarray | None, stages: list[str], probe: str, n_probes: int = 1) -> ReportFigure | None:
+    """Cross-stage image-to-text R@1: images embedded at the row stage, captions at the column stage."""
+    if matrix is None:
+        return None
+    diag = np.diag(matrix)
+    off = matrix[~np.eye(len(stages), dtype=bool)]
+    if off.size and np.isfinite(off).any():
+        drop = float(np.nanmin(diag) - np.nanmin(off))
+        verdict = (
+            "so old and new embeddings are only partly compatible" if drop > 1.0 else "so embeddings from different stages remain compatible"
+        )
+        reading = (
+            f"Within a stage image→text R@1 ranges {_fmt(np.nanmin(diag))}-{_fmt(np.nanmax(diag))}%; across stages it is "
+            f"{_fmt(np.nanmin(off))}% at worst, {verdict}."
+        )
+    else:
+        reading = f"Image→text R@1 is {_fmt(diag[0])}%."
+    return stage_heatmaps(
+        {"image→text R@1": matrix}, stages, f"r1_heatmap_{probe}", "retrieval",
+        f"Cross-stage R@1 (rows: image stage, columns: text stage){_probe_label(probe, n_probes)}", "R@1 (%)", reading,
+    )
+
+
+def _worst_pair(summary: pd.DataFrame, metric: str, probe: str, higher: bool):
+    sel = summary[(summary["metric"] == metric) & (summary["probe"].astype(str) == probe) & summary["modality"].isin(MODALITIES)]
+    sel = sel[np.isfinite(sel["value"].astype(float))]
+    if not len(sel):
+        return None
+    row = sel.loc[sel["value"].astype(float).idxmax() if higher else sel["value"].astype(float).idxmin()]
+    return float(row["value"]), row["modality"], row["stage_a"], row["stage_b"]
+
+
+def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
+    spectra = getattr(analysis, "spectra", None)
+    if spectra is None or not len(spectra):
+        return None
+    sel = spectra[(spectra["probe"].astype(str) == probe) & (spectra["stage_a"].astype(str) == ref)]
+    if "centred" in sel.columns and (~sel["centred"].astype(bool)).any():
+        sel = sel[~sel["centred"].astype(bool)]
+    kinds = [k for k in ("image", "text", "image_vs_text") if k in set(sel["kind"])]
+    if not kinds:
+        return None
+    stages = [s for s in stage_order(analysis) if s in set(sel["stage_b"].astype(str))]
+    cmap = _cmap(len(stages))
+    fig = _figure(3.6 * len(kinds) + 1.8, 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(kinds), sharey=True))
+    labels = {"image": "image: stage a vs stage b", "text": "text: stage a vs stage b", "image_vs_text": "image rotation vs text rotation"}
+    for ax, kind in zip(axes, kinds):
+        sub = sel[sel["kind"] == kind]
+        for i, stage in enumerate(stages):
+            s = sub[sub["stage_b"].astype(str) == stage].sort_values("index")
+            if len(s):
+                ax.plot(s["index"].to_numpy(), s["angle_deg"].to_numpy(), color=cmap[i], linewidth=1.5, label=f"{ref} → {stage}")
+        ax.set_title(labels[kind])
+        ax.set_xlabel("rotation plane (sorted by angle)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    axes[0].set_ylabel("principal rotation angle (degrees)")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="stage pair")
+    last = stages[-1] if stages else ref
+    parts = []
+    for mod in MODALITIES:
+        v = summary_value(analysis.summary, "procrustes_max_angle_deg", probe, mod, ref, last)
+        if np.isfinite(v):
+            parts.append(f"{_fmt(v)}° for {mod}")
+    reading = (
+        f"The best orthogonal map from {ref} to {last} turns its largest plane by " + " and ".join(parts)
+        + "; a flat spectrum means a rigid rotation of the whole space, a steep one a few strongly turned directions."
+        if parts
+        else "Angle spectra of the Procrustes rotation between stages."
+    )
+    return ReportFigure(f"procrustes_spectra_{probe}", "rotation", f"Procrustes angle spectra{_probe_label(probe, n_probes)}", fig, reading)
+
+
+def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
+    """Mean topology change against the reference stage and between consecutive stages."""
+    stages = stage_order(analysis)
+    s = analysis.summary
+    sel = s[(s["metric"] == "topology_change_mean_deg") & (s["probe"].astype(str) == probe)]
+    if not len(sel):
+        return None
+    fig = _figure(7.5, 3.6)
+    ax = fig.subplots()
+    x = np.arange(len(stages))
+    for mod in MODALITIES:
+        vs_ref = [summary_value(s, "topology_change_mean_deg", probe, mod, ref, st) if st != ref else 0.0 for st in stages]
+        cons = [np.nan] + [summary_value(s, "topology_change_mean_deg", probe, mod, a, b) for a, b in zip(stages[:-1], stages[1:])]
+        ax.plot(x, vs_ref, marker="o", color=MODALITY_COLORS[mod], label=f"{mod}: against {ref}")
+        ax.plot(x, cons, marker="s", linestyle="--", color=MODALITY_COLORS[mod], alpha=0.8, label=f"{mod}: previous stage")
+    ax.set_xticks(x, stages)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("mean topology change (degrees)")
+    ax.legend(ncols=2)
+    last = stages[-1]
+    vi = summary_value(s, "topology_change_mean_deg", probe, "image", ref, last)
+    vt = summary_value(s, "topology_change_mean_deg", probe, "text", ref, last)
+    reading = (
+        f"The angles between pairs of items change by {_fmt(vi)}° (image) and {_fmt(vt)}° (text) on average "
+        f"from {ref} to {last}: this is distortion of the space that a global rotation cannot explain."
+    )
+    return ReportFigure(f"topology_{probe}", "topology", f"Topology change across stages{_probe_label(probe, n_probes)}", fig, reading)
+
+
+# --- inter-modal deviation --------------------------------------------------------------------------------
+def rotation_scatter(analysis, probe: str, ref: str, last: str, text_to_image: np.ndarray | None, n_probes: int = 1) -> ReportFigure | None:
+    """Image rotation vs text rotation per caption; off-diagonal mass is inter-modal deviation."""
+    items = analysis.items
+    col = item_metric_column(items, "rotation_deg", "rotation_angle_deg", "rotation")
+    if col is None:
+        return None
+    sel = items[(items["probe"].astype(str) == probe) & (items["stage_a"].astype(str) == ref) & (items["stage_b"].astype(str) == last)]
+    img = sel[sel["modality"] == "image"].sort_values("row")[col].to_numpy(dtype=float)
+    txt_frame = sel[sel["modality"] == "text"].sort_values("row")
+    txt = txt_frame[col].to_numpy(dtype=float)
+    if not len(img) or not len(txt):
+        return None
+    t2i = np.asarray(text_to_image) if text_to_image is not None else np.arange(len(txt))
+    if len(t2i) != len(txt) or t2i.max() >= len(img):
+        return None
+    x, y = img[t2i], txt
+    fig = _figure(5.4, 5.0)
+    ax = fig.subplots()
+    alpha = float(np.clip(3000.0 / max(len(x), 1) * 0.1, 0.08, 0.7))
+    ax.scatter(x, y, s=8, alpha=alpha, color=MODALITY_COLORS["cross"], edgecolors="none", rasterized=len(x) > 2000)
+    hi = float(np.nanmax(np.concatenate([x, y]))) * 1.05 if len(x) else 1.0
+    ax.plot([0, hi], [0, hi], color="black", linestyle="--", linewidth=1, label="equal rotation")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"image rotation {ref} → {last} (degrees)")
+    ax.set_ylabel(f"caption rotation {ref} → {last} (degrees)")
+    ax.legend(loc="upper left")
+    gap = np.abs(y - x)
+    above = float(np.mean(y > x)) * 100
+    reading = (
+        f"Per caption, image and text rotations differ by {_fmt(float(np.nanmean(gap)))}° on average "
+        f"({above:.0f}% of captions rotate more than their image); points off the diagonal are inter-modal deviation."
+    )
+    return ReportFigure(f"rotation_scatter_{probe}", "intermodal", f"Image vs text rotation per item{_probe_label(probe, n_probes)}", fig, reading)
+
+
+def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    paired = getattr(analysis, "paired", None)
+    if paired is None or not len(paired):
+        return None
+    sel = paired[paired["probe"].astype(str) == probe]
+    stages = [s for s in stage_order(analysis) if s in set(sel["stage"].astype(str))]
+    if not stages:
+        return None
+    q = np.array([np.nanpercentile(sel.loc[sel["stage"].astype(str) == s, "paired_angle_deg"].to_numpy(float), [10, 25, 50, 75, 90]) for s in stages])
+    x = np.arange(len(stages))
+    fig = _figure(7.5, 3.6)
+    ax = fig.subplots()
+    color = MODALITY_COLORS["cross"]
+    ax.fill_between(x, q[:, 0], q[:, 4], color=color, alpha=0.15, label="10-90th percentile")
+    ax.fill_between(x, q[:, 1], q[:, 3], color=color, alpha=0.3, label="25-75th percentile")
+    ax.plot(x, q[:, 2], marker="o", color=color, label="median")
+    ax.set_xticks(x, stages)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("angle between image and its caption (degrees)")
+    ax.legend()
+    delta = q[-1, 2] - q[0, 2]
+    reading = (
+        f"The median angle between an image and its caption goes from {_fmt(q[0, 2])}° at {stages[0]} to {_fmt(q[-1, 2])}° at {stages[-1]} "
+        f"({'+' if delta >= 0 else ''}{_fmt(delta)}°)."
+    )
+    return ReportFigure(f"paired_angle_{probe}", "intermodal", f"Paired cross-modal angle across stages{_probe_label(probe, n_probes)}", fig, reading)
+
+
+# --- retrieval -------------------------------------------------------------------------------------------
+def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    r = getattr(analysis, "retrieval", None)
+    if r is None or not len(r):
+        return None
+    sel = r[r["probe"].astype(str) == probe]
+    stages = [s for s in stage_order(analysis) if s in set(sel["stage"].astype(str))]
+    if not stages:
+        return None
+    fig = _figure(10, 3.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    x = np.arange(len(stages))
+    names = {"i2t": "image → text", "t2i": "text → image"}
+    for ax, direction in zip(axes, ("i2t", "t2i")):
+        for metric, color in zip(("R@1", "R@5", "R@10"), color_cycle(3)):
+            vals = [_retrieval_value(sel, s, direction, metric) for s in stages]
+            ax.plot(x, vals, marker="o", color=color, label=metric)
+        ax.set_title(names[direction])
+        ax.set_xticks(x, stages)
+        ax.set_xlabel("stage")
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("recall (%)")
+    axes[1].legend(loc="lower left")
+    a0, a1 = _retrieval_value(sel, stages[0], "i2t", "R@1"), _retrieval_value(sel, stages[-1], "i2t", "R@1")
+    b0, b1 = _retrieval_value(sel, stages[0], "t2i", "R@1"), _retrieval_value(sel, stages[-1], "t2i", "R@1")
+    reading = (
+        f"Image→text R@1 goes from {_fmt(a0)}% at {stages[0]} to {_fmt(a1)}% at {stages[-1]}, "
+        f"text→image R@1 from {_fmt(b0)}% to {_fmt(b1)}%."
+    )
+    return ReportFigure(f"retrieval_{probe}", "retrieval", f"Retrieval across stages{_probe_label(probe, n_probes)}", fig, reading)
+
+
+def _retrieval_value(frame: pd.DataFrame, stage: str, direction: str, metric: str) -> float:
+    sel = frame[(frame["stage"].astype(str) == stage) & (frame["direction"] == direction) & (frame["metric"] == metric)]
+    return float(sel["value"].iloc[0]) if len(sel) else float("nan")
+
+
+def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    s = analysis.summary
+    stages = stage_order(analysis)
+    pairs = [(a, b) for a, b in zip(stages[:-1], stages[1:])]
+    have = {(a, b) for a, b in zip(s["stage_a"].astype(str), s["stage_b"].astype(str))}
+    pairs = [p for p in pairs if p in have and np.isfinite(summary_value(s, "flips_i2t_lost", probe, "cross", *p))]
+    if not pairs:
+        ref = stages[0]
+        pairs = [(ref, b) for b in stages[1:] if np.isfinite(summary_value(s, "flips_i2t_lost", probe, "cross", ref, b))]
+    if not pairs:
+        return None
+    fig = _figure(max(7.5, 1.3 * len(pairs) + 2.5), 4.0)
+    ax = fig.subplots()
+    x = np.arange(len(pairs))
+    width = 0.38
+    colors = {"i2t": MODALITY_COLORS["image"], "t2i": MODALITY_COLORS["text"]}
+    totals = {}
+    for off, direction in ((-width / 2, "i2t"), (width / 2, "t2i")):
+        # the registry stores flips as fractions of the queried items; plot them in percent
+        gained = 100 * np.array([summary_value(s, f"flips_{direction}_gained", probe, "cross", a, b) for a, b in pairs])
+        lost = 100 * np.array([summary_value(s, f"flips_{direction}_lost", probe, "cross", a, b) for a, b in pairs])
+        label = "image → text" if direction == "i2t" else "text → image"
+        ax.bar(x + off, gained, width, color=colors[direction], label=f"{label}: gained")
+        ax.bar(x + off, -lost, width, color=colors[direction], alpha=0.45, hatch="//", label=f"{label}: lost")
+        totals[direction] = (gained[-1], lost[-1])
+    ax.axhline(0, color="black", linewidth=0.8)
+    span = max(1.0, float(np.nanmax(np.abs(ax.get_ylim())))) if np.isfinite(ax.get_ylim()).all() else 1.0
+    ax.set_ylim(-span, span)  # symmetric, and at least +-1% so "no flips" does not look like noise
+    ax.set_xticks(x, [f"{a} → {b}" for a, b in pairs], rotation=30 if len(pairs) > 4 else 0, ha="right" if len(pairs) > 4 else "center")
+    ax.set_ylabel("items whose top-1 hit flipped (%)\n(gained up, lost down)")
+    ax.set_xlabel("stage pair")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=4, fontsize=8)
+    gi, li = totals["i2t"]
+    gt, lt = totals["t2i"]
+    a, b = pairs[-1]
+    reading = (
+        f"From {a} to {b}, {_fmt(li)}% of images and {_fmt(lt)}% of captions lose their top-1 hit while {_fmt(gi)}% and {_fmt(gt)}% gain one: "
+        "a steady R@1 can hide many items trading places."
+    )
+    return ReportFigure(f"flips_{probe}", "retrieval", f"Retrieval flips{_probe_label(probe, n_probes)}", fig, reading)
+
+
+# --- trajectories -----------------------------------------------------------------------------------------
+def trajectories(embeddings: dict[str, list[np.ndarray]], stages: list[str], labels: list[str], probe: str, n_probes: int = 1) -> ReportFigure | None:
+    """2-D PCA view of how a few items move from the first stage on, per modality.
+
+    ``embeddings[modality]`` is a list (one per stage) of [n_items, d] arrays of the chosen items. Items sit far
+    apart compared with how far they move, so the view shows each item's displacement from its first-stage
+    position (every path starts at the origin), projected on the two principal directions of all displacements.
+    """
+    mods = [m for m in MODALITIES if embeddings.get(m)]
+    if not mods or len(stages) < 2:
+        return None
+    fig = _figure(5.0 * len(mods) + 0.5, 4.8)
+    axes = np.atleast_1d(fig.subplots(1, len(mods)))
+    colors = color_cycle(len(labels))
+    spans = []
+    for ax, mod in zip(axes, mods):
+        stack = np.stack([np.asarray(e, dtype=np.float64) for e in embeddings[mod]])  # [stages, items, d]
+        stack = stack / np.maximum(np.linalg.norm(stack, axis=-1, keepdims=True), 1e-12)
+        disp = stack - stack[0]  # [stages, items, d], zero at the first stage
+        flat = disp[1:].reshape(-1, disp.shape[-1])
+        _, sv, vt = np.linalg.svd(flat, full_matrices=False)
+        coords = disp @ vt[:2].T  # [stages, items, 2]
+        explained = (sv[:2] ** 2).sum() / max((sv**2).sum(), 1e-12) * 100
+        for i, label in enumerate(labels):
+            path = coords[:, i, :]
+            ax.plot(path[:, 0], path[:, 1], color=colors[i], linewidth=1.4, marker=".", markersize=5, label=label)
+            ax.annotate("", xy=path[-1], xytext=path[-2], arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.6})
+        ax.scatter([0], [0], color="black", marker="o", s=25, zorder=3)
+        ax.set_aspect("equal", adjustable="datalim")
+        steps = np.linalg.norm(np.diff(stack, axis=0), axis=-1)
+        spans.append((mod, float(np.degrees(np.mean(2 * np.arcsin(np.clip(steps / 2, 0, 1)))))))
+        ax.set_title(f"{mod} embeddings ({explained:.0f}% of the movement shown)")
+        ax.set_xlabel("displacement, PC 1 (cosine units)")
+        ax.set_ylabel("displacement, PC 2 (cosine units)")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="item", fontsize=8)
+    reading = (
+        f"{len(labels)} items followed from {stages[0]} (black dot) to {stages[-1]} (arrow heads), one point per stage; each step between "
+        "stages moves an item by " + " and ".join(f"{v:.1f}° ({m})" for m, v in spans) + " on average."
+    )
+    return ReportFigure(f"trajectories_{probe}", "rotation", f"Trajectories of a few items (PCA of displacements){_probe_label(probe, n_probes)}",
+                        fig, reading)
+
+
+def render_figure(fig: ReportFigure, formats=("png", "svg")) -> dict[str, bytes]:
+    """Render a figure to PNG and SVG bytes (the caller writes them atomically)."""
+    import io
+
+    out = {}
+    with report_style():
+        for fmt in formats:
+            buf = io.BytesIO()
+            fig.figure.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+            out[fmt] = buf.getvalue()
+    return out

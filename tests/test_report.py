@@ -1,0 +1,201 @@
+"""The report: files written, readings from planted drift, metrics.json schema, HTML escaping, comparison, flips."""
+
+import json
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+
+from spatial_disorder.analysis import analyze_run
+from spatial_disorder.errors import InputError
+from spatial_disorder.report import compare_runs, make_report, write_folder
+from spatial_disorder.report import figures as F
+from spatial_disorder.report.flips import flipped_items
+from spatial_disorder.report.metrics_json import json_schema
+from spatial_disorder.run import ProbeSet, open_run, write_run
+
+
+def plane_rotation(d: int, theta_deg: float) -> np.ndarray:
+    """Rotation turning every coordinate plane (0,1), (2,3), ... by theta: every vector turns by exactly theta."""
+    c, s = np.cos(np.radians(theta_deg)), np.sin(np.radians(theta_deg))
+    r = np.zeros((d, d))
+    for p in range(0, d, 2):
+        r[p : p + 2, p : p + 2] = [[c, -s], [s, c]]
+    return r
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def planted_run(path, thetas=(0.0, 10.0, 25.0), n=40, d=8, captions=None, metadata=None, shuffle_last=False, seed=0, probe="val"):
+    rng = np.random.default_rng(seed)
+    img = unit(rng.normal(size=(n, d)))
+    txt = unit(img + 0.2 * rng.normal(size=(n, d)))
+    captions = captions or [f"caption {i}" for i in range(n)]
+    ps = ProbeSet.from_pairs(probe, captions)
+    stages = {}
+    for t, theta in enumerate(thetas):
+        r = plane_rotation(d, theta)
+        ti = txt @ r.T
+        if shuffle_last and t == len(thetas) - 1:
+            ti = np.roll(ti, 1, axis=0)  # caption j now sits where caption j-1 sat: every text->image hit is lost
+        stages[f"s{t}"] = {probe: {"image": unit(img @ r.T), "text": unit(ti)}}
+    return open_run(write_run(path, ps, stages, metadata=metadata or {"model": "toy", "mode": "finetune"}))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    run = planted_run(tmp_path_factory.mktemp("runs") / "planted")
+    analysis = analyze_run(run)
+    return run, analysis, make_report(analysis, run)
+
+
+def test_report_writes_every_file(planted, tmp_path):
+    run, analysis, report = planted
+    out = report.write(tmp_path / "report")
+    assert (out / "index.html").is_file() and (out / "metrics.json").is_file()
+    assert (out / "tables" / "summary.csv").is_file() and (out / "tables" / "items.csv").is_file()
+    keys = {f.key for f in report.figures}
+    for key in ("retrieval_val", "r1_heatmap_val", "rotation_hist_val", "rotation_heatmap_val", "procrustes_spectra_val",
+                "trajectories_val", "overlap_heatmap_val", "rotation_scatter_val", "paired_angle_val", "flips_val", "topology_val"):
+        assert key in keys, key
+        assert (out / "figures" / f"{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        ET.parse(out / "figures" / f"{key}.svg")  # well-formed SVG
+    csv = pd.read_csv(out / "tables" / "summary.csv")
+    assert len(csv) == len(analysis.summary)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_readings_state_the_planted_rotation(planted):
+    run, analysis, report = planted
+    hist = next(f for f in report.figures if f.key == "rotation_hist_val")
+    # every vector turns by exactly 25 degrees from s0 to s2
+    assert "image embeddings rotate by 25.0° on average (90th percentile 25.0°)" in hist.reading
+    assert "text embeddings rotate by 25.0°" in hist.reading
+    assert "rotate by 25.0° on average" in report.html
+    scatter = next(f for f in report.figures if f.key == "rotation_scatter_val")
+    assert "differ by 0.0° on average" in scatter.reading
+    assert "stage s0 → s2" in report.summary_text.replace("->", "→")
+
+
+def test_metrics_json_follows_its_schema(planted, tmp_path):
+    run, analysis, report = planted
+    out = report.write(tmp_path / "r")
+    doc = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(doc, json_schema())
+    assert doc["schema"] == "spatial-disorder-metrics" and doc["version"] == 1
+    assert doc["run"]["stages"] == ["s0", "s1", "s2"] and doc["run"]["probes"]["val"] == {"n_images": 40, "n_texts": 40}
+    rot = [r for r in doc["summary"] if r["metric"] == "rotation_mean_deg" and r["stage_a"] == "s0" and r["stage_b"] == "s1"]
+    assert [round(r["value"], 4) for r in rot] == [10.0, 10.0]
+    assert doc["metrics"]["rotation_mean_deg"]["worse_when"] == "higher"
+
+
+def test_html_escapes_every_data_value(tmp_path):
+    evil = "<script>alert(1)</script>"
+    run = planted_run(
+        tmp_path / "evil",
+        captions=[f"{evil} {i} & co" for i in range(40)],
+        metadata={"model": "<img src=x onerror=alert(2)>", "mode": "a&b", "attribution": "Photos <b>CC</b>", "license": "CC-BY-4.0 <i>"},
+        shuffle_last=True,
+    )
+    html = make_report(analyze_run(run), run).html
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; 0 &amp; co" in html  # the caption is shown, as text
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "Photos &lt;b&gt;CC&lt;/b&gt;" in html and "CC-BY-4.0 &lt;i&gt;" in html
+    assert "default-src 'none'" in html  # no network: a strict content security policy
+
+
+def _brute_t2i_top1(run, stage):
+    img = np.asarray(run.embeddings(stage, "val", "image"), dtype=np.float64)
+    txt = np.asarray(run.embeddings(stage, "val", "text"), dtype=np.float64)
+    return np.argmax(txt @ img.T, axis=1) == np.arange(len(txt))  # one caption per image: caption j <-> image j
+
+
+def test_flipped_items_known_answer(tmp_path):
+    run = planted_run(tmp_path / "flip", d=16, shuffle_last=True)
+    fl = flipped_items(run, "val", "s0", "s2")
+    hit_a, hit_b = _brute_t2i_top1(run, "s0"), _brute_t2i_top1(run, "s2")
+    assert hit_a.sum() > 30 and hit_b.sum() < 5  # the shuffle really destroys text->image retrieval
+    lost = fl[(fl["direction"] == "t2i") & (fl["change"] == "lost")]
+    gained = fl[(fl["direction"] == "t2i") & (fl["change"] == "gained")]
+    assert sorted(lost["row"]) == list(np.flatnonzero(hit_a & ~hit_b))
+    assert sorted(gained["row"]) == list(np.flatnonzero(~hit_a & hit_b))
+    assert (lost["rank_a"] == 1).all() and (lost["rank_b"] > 1).all()
+    row = int(lost["row"].iloc[0])
+    assert lost.set_index("row").loc[row, "caption"] == f"caption {row}"
+
+
+def test_compare_side_by_side(tmp_path):
+    a = planted_run(tmp_path / "base", thetas=(0.0, 10.0, 25.0))
+    b = planted_run(tmp_path / "modx", thetas=(0.0, 5.0, 40.0))
+    rep = compare_runs([a, b], [analyze_run(a), analyze_run(b)])
+    s = rep.summary
+    row = s[(s["metric"] == "rotation_mean_deg") & (s["modality"] == "image") & (s["stage_a"] == 0) & (s["stage_b"] == 2)].iloc[0]
+    assert row["base"] == pytest.approx(25.0, abs=1e-3) and row["modx"] == pytest.approx(40.0, abs=1e-3)
+    assert row["modx - base"] == pytest.approx(15.0, abs=1e-3)
+    out = rep.write(tmp_path / "cmp")
+    assert (out / "index.html").is_file() and (out / "tables" / "compare_summary.csv").is_file()
+    assert any(p.suffix == ".png" for p in (out / "figures").iterdir())
+
+
+def test_compare_refuses_different_probe_sets(tmp_path):
+    a = planted_run(tmp_path / "a")
+    b = planted_run(tmp_path / "b", probe="other")
+    with pytest.raises(InputError, match="probe sets differ"):
+        compare_runs([a, b], [analyze_run(a), analyze_run(b)])
+    c = planted_run(tmp_path / "c", n=41)
+    with pytest.raises(InputError, match="different image items"):
+        compare_runs([a, c], [analyze_run(a), analyze_run(c)])
+
+
+def test_write_folder_replaces_reports_only(tmp_path):
+    out = write_folder(tmp_path / "rep", {"index.html": b"one", "tables/a.csv": b"x"})
+    write_folder(out, {"index.html": b"two"})
+    assert (out / "index.html").read_bytes() == b"two" and not (out / "tables").exists()
+    data = tmp_path / "precious"
+    data.mkdir()
+    (data / "thesis.tex").write_text("keep me")
+    with pytest.raises(InputError, match="refusing to replace"):
+        write_folder(data, {"index.html": b"x"})
+    assert (data / "thesis.tex").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious", "rep"]
+
+
+# --- figure helpers on hand-made frames -----------------------------------------------------------------------
+def _frames():
+    summary = pd.DataFrame(
+        [("a", "b", "p", "image", "rotation_mean_deg", 31.0), ("a", "c", "p", "image", "rotation_mean_deg", 40.0),
+         ("b", "c", "p", "image", "rotation_mean_deg", 12.0), ("a", "c", "p", "text", "rotation_mean_deg", 20.0)],
+        columns=["stage_a", "stage_b", "probe", "modality", "metric", "value"],
+    )
+    items = pd.DataFrame(
+        {"stage_a": "a", "stage_b": "c", "probe": "p", "modality": ["image", "image", "text", "text", "text"],
+         "row": [0, 1, 0, 1, 2], "id": list("xyuvw"), "rotation_deg": [10.0, 20.0, 12.0, 18.0, 30.0]}
+    )
+    return SimpleNamespace(summary=summary, items=items, retrieval=pd.DataFrame(columns=["stage", "probe", "direction", "metric", "value"]),
+                           spectra=None, paired=None, meta={"stages": ["a", "b", "c"]})
+
+
+def test_pair_matrix_fills_computed_pairs_only():
+    m = F.pair_matrix(_frames().summary, "rotation_mean_deg", "p", "image", ["a", "b", "c"])
+    expected = np.array([[np.nan, 31, 40], [31, np.nan, 12], [40, 12, np.nan]])
+    np.testing.assert_array_equal(m, expected)
+    m = F.pair_matrix(_frames().summary, "rotation_mean_deg", "p", "text", ["a", "b", "c"], symmetric=False)
+    assert np.isnan(m).sum() == 8 and m[0, 2] == 20
+
+
+def test_scatter_reading_from_hand_made_items():
+    fig = F.rotation_scatter(_frames(), "p", "a", "c", np.array([0, 1, 1]))
+    # captions -> images 0, 1, 1: |12-10|, |18-20|, |30-20| = 2, 2, 10 -> mean 4.67; above the diagonal (12>10, 30>20): 2 of 3
+    assert "differ by 4.7° on average (67% of captions rotate more than their image)" in fig.reading
+    assert F.rotation_scatter(_frames(), "p", "a", "b", None) is None  # no items for that pair
+
+
+def test_heatmap_reading_names_the_worst_pair():
+    fig = F.rotation_heatmap(_frames(), "p")
+    assert "largest mean rotation between two analysed stages is 40.0° (image embeddings, a → c)" in fig.reading
