@@ -1,0 +1,243 @@
+"""Benchmark the analyzers against the unavoidable kNN search, a fast mode and a naive pipeline.
+
+For each n it writes a synthetic run (clustered, low-rank-ish embeddings, one caption per image, planted
+rotation + noise drift per stage), then runs every mode in a fresh child process (so peak memory is the
+mode's own) and prints times as ratios measured in the same run:
+
+  baseline  faiss IndexFlatIP exact top-(k+1) search, once per stage and modality (nothing else)
+  exact     analyze_run(run) with the faiss backend: every metric, every default stage pair
+  fast      analyze_run(run, fast=True): sampled queries, 95% CI for the neighbour overlap
+  ivf       recall@k of the approximate faiss-ivf backend on one stage, against exact search
+  naive     sklearn NearestNeighbors (brute, cosine) + scipy orthogonal_procrustes + a full similarity
+            matrix for retrieval (skipped above --naive-max items: it needs an n x n matrix)
+
+Usage:
+  python experiments/bench_analyze.py --n 10000 100000 --d 512 --stages 6 [--threads 2] [--modes ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("baseline", "exact", "fast", "ivf", "naive")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+def make_run(path: Path, n: int, d: int, stages: int, seed: int = 0) -> Path:
+    """Write a run stage by stage (only one stage in memory at a time)."""
+    import pandas as pd
+
+    from spatial_disorder.run import ProbeSet, RunWriter
+    from spatial_disorder.synthetic import planted_rotation, structured_embeddings
+
+    img, txt, t2i = structured_embeddings(n, 1, d, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    r_img = planted_rotation(d, [6.0, 4.0, 2.0], seed=seed + 2)
+    r_txt = planted_rotation(d, [5.0, 3.0], seed=seed + 3)
+    ps = ProbeSet.from_captions("bench", pd.DataFrame({"id": [f"i{i}" for i in range(n)]}), [["c"]] * n)
+    writer = RunWriter.create(path, metadata={"model": "synthetic-bench", "n": n, "d": d})
+    writer.add_probe(ps)
+    cur_i, cur_t = img.astype(np.float32), txt.astype(np.float32)
+    for t in range(stages):
+        if t:
+            cur_i = (cur_i @ r_img.astype(np.float32)) + (0.15 / np.sqrt(d)) * rng.standard_normal(cur_i.shape, dtype=np.float32)
+            cur_t = (cur_t @ r_txt.astype(np.float32)) + (0.15 / np.sqrt(d)) * rng.standard_normal(cur_t.shape, dtype=np.float32)
+        writer.write_stage(f"stage{t}", {"bench": {"image": cur_i, "text": cur_t}})
+    return path
+
+
+def cpu() -> float:
+    """CPU seconds of this process, all threads (less sensitive than wall time to other load on a shared machine)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# --- modes (run in a child process) --------------------------------------------------------------------
+def mode_baseline(run, k):
+    import faiss
+
+    total = total_cpu = 0.0
+    for s in run.stages:
+        for m in ("image", "text"):
+            x = unit(run.embeddings(s, "bench", m))
+            t, c = time.perf_counter(), cpu()
+            index = faiss.IndexFlatIP(x.shape[1])
+            index.add(x)
+            index.search(x, k + 1)
+            total += time.perf_counter() - t
+            total_cpu += cpu() - c
+    return {"seconds": total, "cpu_seconds": total_cpu}
+
+
+def _overlaps(res):
+    s = res.summary
+    out = {}
+    for metric in ("knn_overlap_mean", "knn_overlap_ci_low", "knn_overlap_ci_high"):
+        for row in s[s.metric == metric].itertuples():
+            out.setdefault(f"{row.stage_a}->{row.stage_b}/{row.modality}", {})[metric] = row.value
+    return out
+
+
+def mode_analysis(run, k, fast):
+    from spatial_disorder.analysis import analyze_run
+
+    t, c = time.perf_counter(), cpu()
+    res = analyze_run(run, k=k, fast=fast, backend="faiss")
+    return {"seconds": time.perf_counter() - t, "cpu_seconds": cpu() - c, "timing": res.meta["timing_s"], "overlaps": _overlaps(res),
+            "queries": res.meta["knn_queries"]}
+
+
+def mode_ivf(run, k):
+    from spatial_disorder.knn import get_backend
+
+    x = unit(run.embeddings(run.stages[-1], "bench", "image"))
+    t, c = time.perf_counter(), cpu()
+    _, approx = get_backend("faiss-ivf", nprobe=16).topk(x, x, k, exclude_self=True, normalized=True)
+    seconds, cpu_seconds = time.perf_counter() - t, cpu() - c
+    _, exact = get_backend("faiss").topk(x, x, k, exclude_self=True, normalized=True)
+    recall = float(np.mean((approx[:, :, None] == exact[:, None, :]).any(axis=2)))
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "recall_at_k": recall}
+
+
+def mode_naive(run, k, naive_max):
+    from scipy.linalg import orthogonal_procrustes
+    from sklearn.neighbors import NearestNeighbors
+
+    n = run.probes["bench"].n_images
+    t, c = time.perf_counter(), cpu()
+    data = {(s, m): unit(run.embeddings(s, "bench", m)) for s in run.stages for m in ("image", "text")}
+    knn = {key: NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(x).kneighbors(x)[1][:, 1:]
+           for key, x in data.items()}
+    pairs = [(run.stages[0], s) for s in run.stages[1:]] + [(a, b) for a, b in zip(run.stages[1:], run.stages[2:])]
+    for a, b in pairs:
+        for m in ("image", "text"):
+            xa, xb = data[(a, m)], data[(b, m)]
+            np.degrees(np.arccos(np.clip(np.sum(xa * xb, axis=1), -1, 1)))
+            r, _ = orthogonal_procrustes(xa, xb)
+            np.linalg.eigvals(r)
+            np.mean([len(np.intersect1d(p, q)) / k for p, q in zip(knn[(a, m)], knn[(b, m)])])
+    retrieval = n <= naive_max
+    if retrieval:
+        for s in run.stages:
+            sims = data[(s, "text")] @ data[(s, "image")].T
+            own = np.diag(sims)
+            (sims > own[:, None]).sum(axis=1)
+            (sims > own[None, :]).sum(axis=0)
+    return {"seconds": time.perf_counter() - t, "cpu_seconds": cpu() - c, "retrieval_included": retrieval}
+
+
+def child(args) -> None:
+    from spatial_disorder import open_run
+
+    run = open_run(args.run, check_sha256=False)
+    if args.child == "baseline":
+        out = mode_baseline(run, args.k)
+    elif args.child in ("exact", "fast"):
+        out = mode_analysis(run, args.k, args.child == "fast")
+    elif args.child == "ivf":
+        out = mode_ivf(run, args.k)
+    else:
+        out = mode_naive(run, args.k, args.naive_max)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_gb"] = usage.ru_maxrss / 1024**2
+    out["cpu_seconds_total"] = usage.ru_utime + usage.ru_stime
+    print("RESULT " + json.dumps(out))
+
+
+# --- driver -------------------------------------------------------------------------------------------
+def run_child(mode: str, run_path: Path, args) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(args.threads)
+    cmd = [sys.executable, __file__, "--child", mode, "--run", str(run_path), "--k", str(args.k), "--naive-max", str(args.naive_max)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"error: mode {mode} failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[10000])
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--stages", type=int, default=6)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads in every mode")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--naive-max", type=int, default=20000, help="largest n for the naive full-matrix retrieval")
+    p.add_argument("--workdir", default=None, help="where to write the synthetic runs (default: a temporary folder)")
+    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sd-bench-"))
+    try:
+        for n in args.n:
+            run_path = work / f"run-n{n}-d{args.d}"
+            if not (run_path / "run.json").exists():
+                shutil.rmtree(run_path, ignore_errors=True)
+                t = time.perf_counter()
+                make_run(run_path, n, args.d, args.stages)
+                print(f"# n={n}: wrote a {args.stages}-stage run in {time.perf_counter() - t:.1f} s", flush=True)
+            results = {}
+            for mode in args.modes:
+                results[mode] = run_child(mode, run_path, args)
+                print(f"#   {mode:<8} {results[mode]['seconds']:8.2f} s  peak RSS {results[mode]['peak_rss_gb']:.2f} GB", flush=True)
+            report(n, args, results)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(n, args, r) -> None:
+    base = r.get("baseline", {}).get("seconds")
+    base_cpu = r.get("baseline", {}).get("cpu_seconds")
+    print(f"\n## n = {n}, d = {args.d}, stages = {args.stages}, k = {args.k}, threads = {args.threads}")
+    print("wall = elapsed seconds; cpu = CPU seconds of all threads (steadier when other jobs share the machine)")
+    print(f"{'mode':<10}{'wall s':>9}{'/ base':>8}{'cpu s':>9}{'/ base':>8}{'peak RSS GB':>13}  notes")
+    for mode, res in r.items():
+        ratio = f"{res['seconds'] / base:.2f}" if base else "-"
+        cpu_ratio = f"{res['cpu_seconds'] / base_cpu:.2f}" if base_cpu else "-"
+        notes = ""
+        if mode in ("exact", "fast"):
+            tm = res["timing"]
+            notes = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in tm.items())
+            if mode == "exact" and base:
+                other = res["seconds"] - tm["retrieval_s"]
+                notes += f"; wall without the retrieval pass {other / base:.2f}x baseline"
+        elif mode == "ivf":
+            notes = f"recall@{args.k} = {res['recall_at_k']:.3f} (one stage, image)"
+        elif mode == "naive":
+            notes = "with full-matrix retrieval" if res["retrieval_included"] else f"retrieval skipped (n > {args.naive_max})"
+        print(f"{mode:<10}{res['seconds']:>9.1f}{ratio:>8}{res['cpu_seconds']:>9.1f}{cpu_ratio:>8}{res['peak_rss_gb']:>13.2f}  {notes}")
+    if "exact" in r and "fast" in r:
+        ex, fa = r["exact"]["overlaps"], r["fast"]["overlaps"]
+        covered = [fa[key]["knn_overlap_ci_low"] <= ex[key]["knn_overlap_mean"] <= fa[key]["knn_overlap_ci_high"] for key in ex]
+        print(f"fast-mode 95% CI covers the exact neighbour overlap in {sum(covered)}/{len(covered)} (pair, modality) cells")
+        for key in list(ex)[:4]:
+            print(f"  {key:<24} exact {ex[key]['knn_overlap_mean']:.4f}  fast {fa[key]['knn_overlap_mean']:.4f} "
+                  f"[{fa[key]['knn_overlap_ci_low']:.4f}, {fa[key]['knn_overlap_ci_high']:.4f}]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""One swappable neighbour-search backend (cosine = inner product of L2-normalised float32 rows).
+
+Every metric that needs nearest neighbours or blocks of a similarity matrix goes through a backend from
+``get_backend``, so the search engine can be swapped without touching the metrics. Work is done in blocks
+of query rows: no backend ever holds an n x n matrix in memory.
+
+Backends: ``faiss`` (exact ``IndexFlatIP``), ``faiss-ivf`` (approximate inverted file, for the fast mode),
+``torch`` (CPU matmul + ``torch.topk``; torch is imported only when this backend is built) and ``numpy``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+_NORM_BLOCK = 65536
+_BLOCK_ELEMENTS = 1 << 24  # similarity block size: 16M float32 = 64 MiB
+
+
+def as_unit_rows(x, name: str = "embeddings", block: int = _NORM_BLOCK) -> np.ndarray:
+    """Return ``x`` as C-contiguous float32 with unit-norm rows, checking it on the way.
+
+    Accepts any float dtype and memory maps; normalises block by block. Raises ``InputError`` naming
+    ``name`` for a non-2-D or empty array, NaN/inf rows and all-zero rows (whose direction is undefined).
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"{name}: expected a non-empty [n, d] array, got shape {tuple(x.shape)}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise InputError(f"{name}: dtype {x.dtype} is not numeric")
+    n, d = x.shape
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, block):
+        chunk = np.asarray(x[start : start + block], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        odd = ~np.isfinite(norms) | (norms < 1e-18)  # NaN/inf rows, float32 overflow or underflow: recheck in float64
+        if odd.any():
+            exact = np.asarray(x[start : start + block][odd], dtype=np.float64)
+            finite = np.isfinite(exact).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.flatnonzero(odd)[np.argmin(finite)])
+                raise InputError(f"{name}: {int((~finite).sum())} row(s) contain NaN or inf (first: row {bad})")
+            exact_norms = np.sqrt(np.einsum("ij,ij->i", exact, exact))
+            zero = exact_norms == 0
+            if zero.any():
+                bad = start + int(np.flatnonzero(odd)[np.argmax(zero)])
+                raise InputError(f"{name}: {int(zero.sum())} row(s) are zero vectors with no direction (first: row {bad})")
+            chunk[odd] = (exact / exact_norms[:, None]).astype(np.float32)
+            norms[odd] = 1.0
+        np.divide(chunk, norms[:, None], out=out[start : start + len(chunk)])
+    return out
+
+
+def check_k(k: int, n_database: int, exclude_self: bool, name: str = "database") -> int:
+    k = int(k)
+    available = n_database - (1 if exclude_self else 0)
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    if k > available:
+        raise InputError(f"{name}: k={k} neighbours requested but only {available} other item(s) exist")
+    return k
+
+
+def block_rows(n_columns: int, elements: int = _BLOCK_ELEMENTS) -> int:
+    """How many query rows fit in one similarity block of about ``elements`` floats."""
+    return max(1, min(65536, elements // max(1, n_columns)))
+
+
+class Backend:
+    """Base class: exact blocked search with numpy. Subclasses override ``_search`` and ``_matmul``."""
+
+    name = "numpy"
+    exact = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # --- public API -----------------------------------------------------------------------------
+    def topk(self, queries, database, k: int, exclude_self: bool = False, query_rows=None, normalized: bool = False):
+        """The ``k`` most similar database rows of every query: ``(scores [q, k] float32, indices [q, k] int64)``.
+
+        Rows are L2-normalised first (unless ``normalized``), so scores are cosines, best first.
+        ``exclude_self`` drops each query's own row from its list: query ``r`` is database row ``r``,
+        or ``query_rows[r]`` when the queries are a subset of the database.
+        """
+        q = queries if normalized else as_unit_rows(queries, "queries")
+        db = database if normalized else as_unit_rows(database, "database")
+        if q.shape[1] != db.shape[1]:
+            raise InputError(f"queries have dimension {q.shape[1]} but the database has {db.shape[1]}")
+        k = check_k(k, db.shape[0], exclude_self)
+        if not exclude_self:
+            return self._search(q, db, k)
+        self_rows = np.arange(q.shape[0]) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+        if len(self_rows) != q.shape[0]:
+            raise InputError(f"query_rows has {len(self_rows)} entries for {q.shape[0]} queries")
+        scores, idx = self._search(q, db, k + 1)
+        return _drop_self(scores, idx, self_rows, k)
+
+    def similarity_blocks(self, queries, database, rows: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(start, stop, queries[start:stop] @ database.T)`` in float32 blocks (inputs already unit rows)."""
+        rows = rows or block_rows(database.shape[0])
+        for start in range(0, queries.shape[0], rows):
+            stop = min(start + rows, queries.shape[0])
+            yield start, stop, self._matmul(queries[start:stop], database)
+
+    # --- engine ---------------------------------------------------------------------------------
+    def _matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a @ b.T
+
+    def _search(self, q: np.ndarray, db: np.ndarray, k: int):
+        n = q.shape[0]
+        scores = np.empty((n, k), dtype=np.float32)
+        idx = np.empty((n, k), dtype=np.int64)
+        for start, stop, sims in self.similarity_blocks(q, db):
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            vals = np.take_along_axis(sims, part, axis=1)
+            order = np.lexsort((part, -vals), axis=1) if vals.size else part
+            scores[start:stop] = np.take_along_axis(vals, order, axis=1)
+            idx[start:stop] = np.take_along_axis(part, order, axis=1)
+        return scores, idx
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+
+class TorchBackend(Backend):
+    """CPU (or GPU, if ``device`` says so) matmul and ``torch.topk``; torch is imported here, lazily."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        self._torch = torch
+        self.device = device
+
+    def _matmul(self, a, b):
+        t = self._torch
+        out = t.from_numpy(np.ascontiguousarray(a)).to(self.device) @ t.from_numpy(np.ascontiguousarray(b)).to(self.device).T
+        return out.cpu().numpy()
+
+    def _search(self, q, db, k):
+        t = self._torch
+        dbt = t.from_numpy(np.ascontiguousarray(db)).to(self.device)
+        scores = np.empty((q.shape[0], k), dtype=np.float32)
+        idx = np.empty((q.shape[0], k), dtype=np.int64)
+        rows = block_rows(db.shape[0])
+        for start in range(0, q.shape[0], rows):
+            block = t.from_numpy(np.ascontiguousarray(q[start : start + rows])).to(self.device) @ dbt.T
+            vals, ind = t.topk(block, k, dim=1)
+            scores[start : start + rows] = vals.cpu().numpy()
+            idx[start : start + rows] = ind.cpu().numpy()
+        return scores, idx
+
+
+class FaissBackend(Backend):
+    """Exact search with ``faiss.IndexFlatIP`` (BLAS inner products + heap selection)."""
+
+    name = "faiss"
+
+    def __init__(self):
+        import faiss
+
+        self._faiss = faiss
+
+    def _search(self, q, db, k):
+        index = self._faiss.IndexFlatIP(db.shape[1])
+        index.add(np.ascontiguousarray(db, dtype=np.float32))
+        scores, idx = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+        return scores, idx.astype(np.int64)
+
+
+class FaissIVFBackend(FaissBackend):
+    """Approximate search with ``faiss.IndexIVFFlat`` (inner product). Recall is measured, not assumed."""
+
+    name = "faiss-ivf"
+    exact = False
+
+    def __init__(self, nlist: int | None = None, nprobe: int = 16, seed: int = 0):
+        super().__init__()
+        self.nlist, self.nprobe, self.seed = nlist, nprobe, seed
+
+    def _search(self, q, db, k):
+        faiss = self._faiss
+        n, d = db.shape
+        nlist = self.nlist or int(max(1, min(4 * np.sqrt(n), n // 39)))
+        if nlist < 4:
+            return super()._search(q, db, k)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(self.seed)
+        train = db[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+        index.train(np.ascontiguousarray(train))
+        index.add(np.ascontiguousarray(db))
+        index.nprobe = min(self.nprobe, nlist)
+        scores, idx = index.search(np.ascontiguousarray(q), k)
+        return scores, idx.astype(np.int64)
+
+
+def _drop_self(scores, idx, self_rows, k):
+    """From ``k + 1`` results per query, remove the query's own row (or the last result if it is absent)."""
+    is_self = idx == self_rows[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    first = np.argmax(is_self, axis=1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(len(idx)), first] = False
+    return scores[keep].reshape(len(idx), k), idx[keep].reshape(len(idx), k)
+
+
+_BACKENDS = {"faiss": FaissBackend, "faiss-ivf": FaissIVFBackend, "torch": TorchBackend, "numpy": NumpyBackend}
+_MODULES = {"faiss": "faiss", "faiss-ivf": "faiss", "torch": "torch", "numpy": "numpy"}
+
+
+def available_backends() -> list[str]:
+    """Backend names whose library is installed (checked without importing it)."""
+    return [name for name, module in _MODULES.items() if importlib.util.find_spec(module) is not None]
+
+
+def get_backend(name: str | Backend | None = "auto", **options) -> Backend:
+    """Build a backend by name. ``"auto"`` picks faiss, else torch, else numpy; ``.name`` says which."""
+    if isinstance(name, Backend):
+        return name
+    name = "auto" if name is None else name
+    if name == "auto":
+        available = available_backends()
+        name = next(b for b in ("faiss", "torch", "numpy") if b in available)
+    if name not in _BACKENDS:
+        raise InputError(f"unknown kNN backend {name!r}; choose from auto, {', '.join(_BACKENDS)}")
+    try:
+        return _BACKENDS[name](**options)
+    except ImportError as exc:
+        raise InputError(f"kNN backend {name!r} is not installed ({exc})") from None

@@ -1,0 +1,248 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spatial_disorder import open_run
+from spatial_disorder.analysis import analyze_arrays, analyze_run, default_pairs
+from spatial_disorder.errors import InputError
+from spatial_disorder.metrics.registry import METRICS
+from spatial_disorder.metrics.retrieval import retrieval_ranks
+from spatial_disorder.synthetic import make_synthetic_run, planted_rotation
+
+CROSS = [name for name, info in METRICS.items() if info.kind == "cross"]
+# cross metrics that depend on the two stages only through image-text relations (not on each modality's own drift)
+RELATIONAL = [m for m in CROSS if m != "rotation_mismatch_mean_deg"]
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def pair_data(n=60, caps=2, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    img = unit(rng.normal(size=(n, d)))
+    t2i = np.repeat(np.arange(n), caps)
+    txt = unit(img[t2i] + 0.6 * rng.normal(size=(n * caps, d)))
+    return img, txt, t2i
+
+
+def values(res, modality):
+    s = res.summary[res.summary["modality"] == modality]
+    return dict(zip(s["metric"], s["value"]))
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    path = make_synthetic_run(tmp_path_factory.mktemp("runs") / "planted", n_images=150, captions_per_image=3, d=24,
+                              stages=3, rotation_deg=(12.0, 4.0), seed=5)
+    return open_run(path)
+
+
+def test_planted_rotation_run(synthetic_run):
+    res = analyze_run(synthetic_run, k=5)
+    assert res.meta["pairs"] == [["stage0", "stage1"], ["stage0", "stage2"], ["stage1", "stage2"]]
+    for m in ("image", "text"):
+        for b, scale in (("stage1", 1), ("stage2", 2)):
+            spec = res.spectra[(res.spectra.stage_a == "stage0") & (res.spectra.stage_b == b) & (res.spectra.kind == m)
+                               & ~res.spectra.centred]
+            np.testing.assert_allclose(spec["angle_deg"].to_numpy()[:3], [12.0 * scale, 4.0 * scale, 0.0], atol=0.1)
+            assert res.value("procrustes_residual_frac", "stage0", b, modality=m) < 1e-4
+            assert res.value("knn_overlap_mean", "stage0", b, modality=m) == 1.0
+            assert res.value("topology_change_mean_deg", "stage0", b, modality=m) < 1e-3
+            assert res.value("rotation_mean_deg", "stage0", b, modality=m) > 1.0
+    cross = values(res, "cross")
+    assert cross["intermodal_rotation_deg"] < 0.05
+    for name in ("paired_angle_abs_change_mean_deg", "modality_gap_change", "contrastive_kl", "flips_t2i_lost",
+                 "flips_i2t_gained", "t2i_R@1_delta"):
+        assert abs(cross[name]) < 1e-3, name
+    assert set(res.retrieval["metric"]) == {"R@1", "R@5", "R@10", "medr", "meanr", "rsum"}
+    assert len(res.paired) == 3 * 450
+    json.dumps(res.to_dict(), allow_nan=False)
+    assert set(res.metric_names()) <= set(METRICS)
+    rm = res.retrieval_matrix("R@1", "i2t")
+    assert list(rm.index) == ["stage0", "stage1", "stage2"] and list(rm.columns) == ["synthetic"]
+    mat = res.matrix("rotation_mean_deg", "synthetic", "image")
+    assert list(mat.index) == ["stage0", "stage1"] and list(mat.columns) == ["stage1", "stage2"]
+
+
+def test_bad_stage_names_and_single_stage(synthetic_run, tmp_path):
+    with pytest.raises(InputError, match="no stage"):
+        analyze_run(synthetic_run, pairs=[("stage0", "nope")])
+    with pytest.raises(InputError, match="unknown probe"):
+        analyze_run(synthetic_run, probes=["nope"])
+    one = open_run(make_synthetic_run(tmp_path / "one", n_images=20, stages=1, d=8))
+    res = analyze_run(one, k=3)
+    assert res.summary.empty and set(res.retrieval["stage"]) == {"stage0"}
+    assert "RunAnalysis" in res._repr_html_()
+
+
+def test_item_frame_joins_captions_and_retrieval_matches_direct_call(synthetic_run):
+    res = analyze_run(synthetic_run, k=5, pairs=[(0, 2)])
+    frame = res.item_frame("stage0", "stage2", "synthetic", "text")
+    assert {"caption", "image_id", "rotation_deg", "knn_overlap", "flip_lost"} <= set(frame.columns)
+    assert frame["caption"].iloc[4] == synthetic_run.probes["synthetic"].texts["caption"].iloc[4]
+    probe = synthetic_run.probes["synthetic"]
+    ranks = retrieval_ranks(synthetic_run.embeddings("stage2", "synthetic", "image"),
+                            synthetic_run.embeddings("stage2", "synthetic", "text"), probe.text_to_image)
+    np.testing.assert_array_equal(frame["rank_b"].to_numpy(), ranks.t2i)
+    r = res.retrieval
+    got = r[(r.stage == "stage2") & (r.direction == "t2i") & (r.metric == "R@1")]["value"].item()
+    assert got == pytest.approx(100 * np.mean(ranks.t2i == 1))
+    assert res._repr_html_().startswith("<b>RunAnalysis</b>")
+
+
+def test_identical_stages_have_zero_drift():
+    img, txt, t2i = pair_data()
+    res = analyze_arrays({"image": img, "text": txt}, {"image": img.copy(), "text": txt.copy()}, t2i, k=5)
+    for m in ("image", "text"):
+        v = values(res, m)
+        for name in ("rotation_mean_deg", "rotation_p90_deg", "topology_change_mean_deg", "procrustes_residual_frac",
+                     "procrustes_centred_residual_frac"):
+            assert v[name] == 0.0, name
+        assert v["procrustes_angle_deg"] < 1e-3 and v["knn_overlap_mean"] == 1.0
+    c = values(res, "cross")
+    for name in ("paired_angle_change_mean_deg", "rotation_mismatch_mean_deg", "modality_gap_change", "flips_i2t_lost",
+                 "flips_i2t_gained", "flips_t2i_lost", "flips_t2i_gained", "i2t_R@1_delta", "t2i_R@1_delta"):
+        assert c[name] == 0.0, name
+    assert c["contrastive_kl"] == pytest.approx(0.0, abs=1e-9) and c["intermodal_rotation_deg"] < 1e-3
+
+
+def test_rotation_of_one_modality_only():
+    img, txt, t2i = pair_data(n=80, d=10, seed=1)
+    r = planted_rotation(10, [20.0, 7.0], seed=3)
+    res = analyze_arrays({"image": img, "text": txt}, {"image": unit(img @ r), "text": txt.copy()}, t2i, k=5)
+    text, image, cross = values(res, "text"), values(res, "image"), values(res, "cross")
+    assert text["rotation_mean_deg"] == 0.0 and text["knn_overlap_mean"] == 1.0 and text["procrustes_angle_deg"] < 1e-3
+    assert image["procrustes_max_angle_deg"] == pytest.approx(20.0, abs=0.1)
+    assert image["procrustes_residual_frac"] < 1e-4 and image["knn_overlap_mean"] == 1.0
+    assert cross["intermodal_rotation_deg"] == pytest.approx(np.hypot(20.0, 7.0), abs=0.1)
+    assert cross["paired_angle_abs_change_mean_deg"] > 1.0 and cross["rotation_mismatch_mean_deg"] > 1.0
+    assert cross["contrastive_kl"] > 1e-3
+
+
+def _cross(res):
+    return values(res, "cross")
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), angle=st.floats(1.0, 179.0))
+def test_common_rotation_leaves_cross_metrics_unchanged(seed, angle):
+    img, txt, t2i = pair_data(n=24, caps=2, d=6, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    img_b, txt_b = unit(img + 0.4 * rng.normal(size=img.shape)), unit(txt + 0.4 * rng.normal(size=txt.shape))
+    q = planted_rotation(6, [angle, angle / 2], seed=seed)
+    base = _cross(analyze_arrays({"image": img, "text": txt}, {"image": img_b, "text": txt_b}, t2i, k=3, backend="numpy"))
+    both = _cross(analyze_arrays({"image": img @ q, "text": txt @ q}, {"image": img_b @ q, "text": txt_b @ q}, t2i, k=3,
+                                 backend="numpy"))
+    only_b = _cross(analyze_arrays({"image": img, "text": txt}, {"image": img_b @ q, "text": txt_b @ q}, t2i, k=3,
+                                   backend="numpy"))
+    for name in CROSS:
+        assert both[name] == pytest.approx(base[name], rel=1e-3, abs=1e-3), name
+    for name in RELATIONAL:
+        assert only_b[name] == pytest.approx(base[name], rel=1e-3, abs=1e-3), name
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_swapping_stages_respects_each_metrics_symmetry(seed):
+    img, txt, t2i = pair_data(n=24, caps=2, d=6, seed=seed)
+    rng = np.random.default_rng(seed + 7)
+    b = {"image": unit(img + 0.5 * rng.normal(size=img.shape)), "text": unit(txt + 0.5 * rng.normal(size=txt.shape))}
+    a = {"image": img, "text": txt}
+    fwd, bwd = analyze_arrays(a, b, t2i, k=3, backend="numpy"), analyze_arrays(b, a, t2i, k=3, backend="numpy")
+    swap = {"flips_i2t_lost": "flips_i2t_gained", "flips_i2t_gained": "flips_i2t_lost",
+            "flips_t2i_lost": "flips_t2i_gained", "flips_t2i_gained": "flips_t2i_lost",
+            "modality_gap_a": "modality_gap_b", "modality_gap_b": "modality_gap_a"}
+    for modality in ("image", "text", "cross"):
+        f, g = values(fwd, modality), values(bwd, modality)
+        for name, value in f.items():
+            info = METRICS.get(name)
+            if name in swap:
+                assert value == pytest.approx(g[swap[name]], abs=1e-9), name
+            elif info is None or info.symmetry == "none":
+                continue
+            elif info.symmetry == "symmetric":
+                assert value == pytest.approx(g[name], rel=1e-6, abs=1e-5), name
+            else:
+                assert value == pytest.approx(-g[name], rel=1e-6, abs=1e-5), name
+
+
+def test_fast_mode_samples_and_ci_covers_exact(tmp_path):
+    path = make_synthetic_run(tmp_path / "r", n_images=1500, captions_per_image=1, d=16, stages=2, rotation_deg=(5.0,),
+                              noise=0.6, seed=2)
+    run = open_run(path)
+    exact = analyze_run(run, k=10)
+    fast = analyze_run(run, k=10, fast=True, fast_queries=300, seed=1)
+    assert fast.meta["knn_queries"] == {"synthetic/image": 300, "synthetic/text": 300} and fast.meta["fast"]
+    for m in ("image", "text"):
+        true = exact.value("knn_overlap_mean", modality=m)
+        lo, hi = fast.value("knn_overlap_ci_low", modality=m), fast.value("knn_overlap_ci_high", modality=m)
+        assert lo < hi and lo <= true <= hi
+    # sampled ranks equal the exact ranks on the sampled rows
+    ex = exact.item_frame("stage0", "stage1", "synthetic", "text").set_index("row")["rank_b"]
+    fa = fast.item_frame("stage0", "stage1", "synthetic", "text").set_index("row")["rank_b"].dropna()
+    assert len(fa) == 300
+    np.testing.assert_array_equal(fa.to_numpy(), ex.loc[fa.index].to_numpy())
+
+
+def test_large_n_paths_sample_topology_and_procrustes_rows():
+    img, txt, t2i = pair_data(n=300, caps=1, d=8, seed=9)
+    r = planted_rotation(8, [15.0], seed=1)
+    a, b = {"image": img, "text": txt}, {"image": unit(img @ r), "text": unit(txt @ r)}
+    res = analyze_arrays(a, b, t2i, k=5, fast=True, fast_queries=100, fast_rows=120, topology_max_items=50)
+    assert res.meta["procrustes_rows"] == {"arrays/image": 120, "arrays/text": 120}
+    assert res.value("topology_pairs", modality="image") == 50 * 49 // 2
+    assert res.value("topology_change_mean_deg", modality="image") < 1e-3
+    assert res.value("procrustes_max_angle_deg", modality="text") == pytest.approx(15.0, abs=0.1)
+    assert res.value("knn_overlap_mean", modality="image") == 1.0
+    assert res.value("knn_overlap_items", modality="text") == 100
+
+
+def test_backends_agree():
+    img, txt, t2i = pair_data(n=50, seed=4)
+    rng = np.random.default_rng(0)
+    b = {"image": unit(img + 0.3 * rng.normal(size=img.shape)), "text": txt}
+    s1 = analyze_arrays({"image": img, "text": txt}, b, t2i, k=4, backend="numpy").summary
+    s2 = analyze_arrays({"image": img, "text": txt}, b, t2i, k=4, backend="auto").summary
+    np.testing.assert_allclose(s1["value"].to_numpy(), s2["value"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_single_modality_arrays():
+    x = np.random.default_rng(0).normal(size=(30, 5))
+    res = analyze_arrays({"image": x}, {"image": x * 2.0}, k=3)
+    assert set(res.summary["modality"]) == {"image"} and res.retrieval.empty
+    assert res.value("rotation_mean_deg") == 0.0
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda a, b: b["image"].__setitem__(3, 0.0), "zero vector"),
+        (lambda a, b: b["text"].__setitem__((2, 1), np.nan), "NaN or inf"),
+        (lambda a, b: a["image"].__setitem__((0, 0), np.inf), "NaN or inf"),
+        (lambda a, b: b.__setitem__("image", b["image"][:-1]), "items"),
+        (lambda a, b: b.__setitem__("text", b["text"][:, :-1]), "dimension"),
+    ],
+)
+def test_bad_inputs_raise_one_clear_error(mutate, match):
+    img, txt, t2i = pair_data(n=20)
+    a, b = {"image": img.copy(), "text": txt.copy()}, {"image": img.copy(), "text": txt.copy()}
+    mutate(a, b)
+    with pytest.raises(InputError, match=match) as err:
+        analyze_arrays(a, b, t2i, k=3)
+    assert "\n" not in str(err.value)
+
+
+def test_more_neighbours_than_items_and_bad_options():
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    with pytest.raises(InputError, match="k=10"):
+        analyze_arrays({"image": x}, {"image": x}, k=10)
+    with pytest.raises(InputError, match="text_to_image"):
+        analyze_arrays({"image": x, "text": x[:4]}, {"image": x, "text": x[:4]}, k=2)
+    with pytest.raises(InputError, match="modalities"):
+        analyze_arrays({"image": x}, {"text": x}, k=2)
+    with pytest.raises(InputError, match="reference stage"):
+        default_pairs(["a", "b"], ref="c")

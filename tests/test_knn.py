@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from spatial_disorder.errors import InputError
+from spatial_disorder.knn import as_unit_rows, available_backends, get_backend
+
+BACKENDS = [b for b in ("numpy", "faiss", "torch") if b in available_backends()]
+
+
+def brute_topk(q, db, k, exclude_self=False):
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    db = db / np.linalg.norm(db, axis=1, keepdims=True)
+    s = q.astype(np.float64) @ db.astype(np.float64).T
+    if exclude_self:
+        np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_topk_matches_brute_force(name, exclude_self):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(257, 24)).astype(np.float32)
+    scores, idx = get_backend(name).topk(x, x, 7, exclude_self=exclude_self)
+    ref = brute_topk(x, x, 7, exclude_self)
+    assert (idx == ref).mean() > 0.999  # random data: no ties
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    if exclude_self:
+        assert not (idx == np.arange(257)[:, None]).any()
+
+
+def test_exclude_self_with_query_subset():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(100, 8))
+    rows = np.array([5, 17, 99])
+    _, idx = get_backend("numpy").topk(x[rows], x, 4, exclude_self=True, query_rows=rows)
+    ref = brute_topk(x, x, 4, exclude_self=True)[rows]
+    np.testing.assert_array_equal(idx, ref)
+
+
+def test_auto_reports_its_choice():
+    backend = get_backend("auto")
+    assert backend.name in available_backends()
+    assert backend.name == ("faiss" if "faiss" in available_backends() else backend.name)
+
+
+def test_ivf_recall_is_high_on_clustered_data():
+    if "faiss" not in available_backends():
+        pytest.skip("faiss not installed")
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(20, 32))
+    x = centres[rng.integers(0, 20, 4000)] + 0.3 * rng.normal(size=(4000, 32))
+    _, approx = get_backend("faiss-ivf", nprobe=8).topk(x, x, 10, exclude_self=True)
+    _, exact = get_backend("faiss").topk(x, x, 10, exclude_self=True)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(approx, exact)])
+    assert recall > 0.8
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([[1.0, 0.0], [0.0, 0.0]]), "zero vector"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN or inf"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), "NaN or inf"),
+        (np.zeros((0, 3)), "non-empty"),
+        (np.ones(3), "non-empty"),
+    ],
+)
+def test_bad_rows_raise_input_error(bad, match):
+    with pytest.raises(InputError, match=match):
+        as_unit_rows(bad, "image")
+
+
+def test_k_too_large_and_dimension_mismatch():
+    x = np.eye(4)
+    with pytest.raises(InputError, match="only 3 other"):
+        get_backend("numpy").topk(x, x, 4, exclude_self=True)
+    with pytest.raises(InputError, match="dimension"):
+        get_backend("numpy").topk(x, np.eye(5), 1)
+    with pytest.raises(InputError, match="unknown kNN backend"):
+        get_backend("nope")
+
+
+def test_as_unit_rows_accepts_float16_and_memmap(tmp_path):
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    out = as_unit_rows(mm, block=7)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
