@@ -159,11 +159,18 @@ def apply_override(config: dict, keys: Sequence[str], value: Any) -> None:
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), data: Mapping | None = None) -> dict:
     """Defaults <- file (or ``data``) <- overrides, then validated. Returns the resolved config."""
     user = read_config_file(path) if path is not None else dict(data or {})
-    config = deep_merge(DEFAULTS, user)
+    try:
+        config = deep_merge(DEFAULTS, user)
+    except ConfigError as exc:  # name the file the bad key came from
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(config, keys, value)
-    return validate(config)
+    try:
+        return validate(config)
+    except ConfigError as exc:
+        where = f"{path} with overrides" if overrides else str(path)
+        raise ConfigError(f"{where}: {exc}" if path is not None and str(path) not in str(exc) else str(exc)) from None
 
 
 def pieces_for(config: Mapping) -> list[str]:
