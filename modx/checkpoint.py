@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from spatial_disorder.run.atomic import fsync_dir
+from spatial_disorder.run.atomic import atomic_write
 
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a half-written file: a crash keeps the previous checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load(path: str | os.PathLike) -> dict:

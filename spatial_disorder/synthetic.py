@@ -16,6 +16,17 @@ import pandas as pd
 from .run import ProbeSet, write_run
 
 
+def uniform_rotation(d: int, theta_deg: float) -> np.ndarray:
+    """A rotation turning every coordinate plane (0,1), (2,3), ... by theta: every vector turns by exactly theta (d even)."""
+    if d % 2:
+        raise ValueError(f"uniform_rotation needs an even dimension, got d={d}")
+    c, s = np.cos(np.radians(theta_deg)), np.sin(np.radians(theta_deg))
+    r = np.zeros((d, d))
+    for p in range(0, d, 2):
+        r[p : p + 2, p : p + 2] = [[c, -s], [s, c]]
+    return r
+
+
 def planted_rotation(d: int, angles_deg, seed: int = 0) -> np.ndarray:
     """A d x d rotation with the given plane angles (degrees) in random orthogonal planes; identity elsewhere."""
     angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))

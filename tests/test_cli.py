@@ -9,15 +9,7 @@ import pytest
 from spatial_disorder.cli import main
 from spatial_disorder.gate import load_thresholds
 from spatial_disorder.run import ProbeSet, write_run
-
-
-def plane_rotation(d: int, theta_deg: float) -> np.ndarray:
-    """Every coordinate plane turned by theta: every vector turns by exactly theta degrees."""
-    c, s = np.cos(np.radians(theta_deg)), np.sin(np.radians(theta_deg))
-    r = np.zeros((d, d))
-    for p in range(0, d, 2):
-        r[p : p + 2, p : p + 2] = [[c, -s], [s, c]]
-    return r
+from spatial_disorder.synthetic import uniform_rotation as plane_rotation
 
 
 def unit(x):

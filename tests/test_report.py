@@ -16,15 +16,7 @@ from spatial_disorder.report import figures as F
 from spatial_disorder.report.flips import flipped_items
 from spatial_disorder.report.metrics_json import json_schema
 from spatial_disorder.run import ProbeSet, open_run, write_run
-
-
-def plane_rotation(d: int, theta_deg: float) -> np.ndarray:
-    """Rotation turning every coordinate plane (0,1), (2,3), ... by theta: every vector turns by exactly theta."""
-    c, s = np.cos(np.radians(theta_deg)), np.sin(np.radians(theta_deg))
-    r = np.zeros((d, d))
-    for p in range(0, d, 2):
-        r[p : p + 2, p : p + 2] = [[c, -s], [s, c]]
-    return r
+from spatial_disorder.synthetic import uniform_rotation as plane_rotation
 
 
 def unit(x):
