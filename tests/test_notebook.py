@@ -22,6 +22,7 @@ def _text(cell) -> str:
 def test_explore_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("SD_RUN", raising=False)
     monkeypatch.delenv("SD_RUN_B", raising=False)
+    monkeypatch.setenv("SD_SYNTHETIC", "1")  # never pick up a local quickstart run
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's synthetic runs go under pytest's temporary folder
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
