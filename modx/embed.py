@@ -17,25 +17,51 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+class PreparedItems:
+    """The eval inputs of a fixed item set (probe set), decoded and tokenised once, reused at every stage.
+
+    Probe sets are embedded after stage 0 and every phase with the same eval transform, so decoding and
+    resizing their images again each time is wasted work. Pixels are kept in memory only while they fit in
+    ``max_pixel_bytes`` (default 512 MiB: 3,000 images at 224 px); larger sets stream from disk as before.
+    """
+
+    def __init__(self, items: ItemSet, transform, tokenizer, batch_size: int = 256, max_pixel_bytes: int = 512 << 20):
+        self.items = items
+        self.captions = [c for caps in items.captions for c in caps]
+        self.tokens = torch.cat([tokenizer(self.captions[i : i + batch_size]) for i in range(0, len(self.captions), batch_size)])
+        self.dataset = ImageDataset(items.images, items.shards, transform)
+        self.pixels = None
+        if len(self.dataset):
+            first = self.dataset[0]
+            if first.numel() * first.element_size() * len(self.dataset) <= max_pixel_bytes:
+                self.pixels = torch.stack([first] + [self.dataset[i] for i in range(1, len(self.dataset))])
+
+    def image_batches(self, batch_size: int, num_workers: int = 0):
+        if self.pixels is not None:
+            yield from self.pixels.split(batch_size)
+        else:
+            yield from torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=num_workers)
+
+
 @torch.no_grad()
-def embed_items(model, items: ItemSet, transform, tokenizer, device, precision="auto", batch_size=256, num_workers=0) -> dict[str, np.ndarray]:
-    """L2-normalised float32 embeddings: ``image`` [n_images, d] and ``text`` [n_captions, d] (captions flattened in order)."""
+def embed_items(model, items: ItemSet | PreparedItems, transform, tokenizer, device, precision="auto", batch_size=256,
+                num_workers=0) -> dict[str, np.ndarray]:
+    """L2-normalised float32 embeddings: ``image`` [n_images, d] and ``text`` [n_captions, d] (captions flattened in order).
+
+    ``items`` may be a :class:`PreparedItems` (inputs computed once); ``transform``/``tokenizer`` are then unused.
+    """
+    prepared = items if isinstance(items, PreparedItems) else PreparedItems(items, transform, tokenizer, batch_size, max_pixel_bytes=0)
     was_training = model.training
     model.eval()
     try:
-        loader = torch.utils.data.DataLoader(
-            ImageDataset(items.images, items.shards, transform), batch_size=batch_size, num_workers=num_workers
-        )
         images = []
-        for pixels in loader:
+        for pixels in prepared.image_batches(batch_size, num_workers):
             with autocast(device, precision):
                 images.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
-        captions = [c for caps in items.captions for c in caps]
         texts = []
-        for i in range(0, len(captions), batch_size):
-            tokens = tokenizer(captions[i : i + batch_size]).to(device)
+        for tokens in prepared.tokens.split(batch_size):
             with autocast(device, precision):
-                texts.append(model.encode_text(tokens, normalize=True).float().cpu())
+                texts.append(model.encode_text(tokens.to(device), normalize=True).float().cpu())
     finally:
         model.train(was_training)
     out = {"image": torch.cat(images).numpy(), "text": torch.cat(texts).numpy()}

@@ -27,7 +27,7 @@ from . import __version__, checkpoint, models
 from .config import dump_yaml, pieces_for
 from .data.items import ItemSet, TrainDataset, epoch_order
 from .distributed import DistContext, cleanup, gather_features, init_distributed
-from .embed import autocast, embed_items, retrieval
+from .embed import PreparedItems, autocast, embed_items, retrieval
 from .errors import ConfigError, DivergedError
 from .losses import Batch, make_pieces, total_loss
 from .plan import Phase, Plan, build_plan
@@ -151,6 +151,7 @@ class Runner:
         self.out = Path(config["output"])
         self.ckpt_dir = self.out / "checkpoints"
         self._steps_this_process = 0
+        self._prepared_probes: dict[str, PreparedItems] = {}
 
     # --- setup ----------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -370,6 +371,14 @@ class Runner:
         self._log({"event": "checkpoint", "stage": k, "step": pos.step, "stage_end": stage_end})
         self.dist.barrier()
 
+    def _probe_inputs(self, probe) -> PreparedItems:
+        """Probe images decoded and captions tokenised once per run (the probe sets never change)."""
+        cache = self._prepared_probes
+        if probe.probe.name not in cache:
+            cache[probe.probe.name] = PreparedItems(probe.items, self.bundle.eval_transform, self.bundle.tokenizer,
+                                                    self.config["model"]["embed_batch_size"])
+        return cache[probe.probe.name]
+
     def _write_stage(self, k: int, pos: Position) -> None:
         name = f"stage{k}"
         if name in self.writer.stage_names:
@@ -377,7 +386,7 @@ class Runner:
         t0 = time.perf_counter()
         arrays, scores = {}, {}
         for p in self.plan.probes:
-            arrays[p.probe.name] = embed_items(unwrap(self.model), p.items, self.bundle.eval_transform, self.bundle.tokenizer,
+            arrays[p.probe.name] = embed_items(unwrap(self.model), self._probe_inputs(p), None, None,
                                                self.device, self.precision, self.config["model"]["embed_batch_size"])
             a = arrays[p.probe.name]
             scores[p.probe.name] = retrieval(a["image"], a["text"], p.probe.text_to_image)

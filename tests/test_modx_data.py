@@ -125,3 +125,23 @@ def test_phase_plans_and_probes(emoji_csv, tmp_path):
         build_plan(load_config(data=dict(base, phases={"dataset": "emoji", "split_by": "style", "random_slices": 2})))
     with pytest.raises(ConfigError, match="unknown dataset"):
         build_plan(load_config(data=dict(base, probes=[{"name": "x", "dataset": "nope"}])))
+
+
+def test_prepared_probe_inputs_embed_exactly_like_streamed_ones(emoji_csv):
+    import numpy as np
+
+    from modx import models
+    from modx.embed import PreparedItems, embed_items
+
+    table = load_source("emoji", {"format": "csv", "path": str(emoji_csv), "image_id_key": "image_id"})
+    items = ItemSet.from_table(filter_rows(table, {"style": "google"}))
+    bundle = models.create("modx-tiny-vit-32")
+    args = (bundle.eval_transform, bundle.tokenizer, bundle.model.logit_scale.device)
+    streamed = embed_items(bundle.model, items, *args, batch_size=5)
+    cached = PreparedItems(items, bundle.eval_transform, bundle.tokenizer, batch_size=5)
+    assert cached.pixels is not None and cached.pixels.shape[0] == len(items)
+    assert PreparedItems(items, bundle.eval_transform, bundle.tokenizer, max_pixel_bytes=10).pixels is None  # over the cap: streams
+    again = embed_items(bundle.model, cached, None, None, args[2], batch_size=7)
+    for key in ("image", "text"):
+        assert streamed[key].shape == again[key].shape
+        np.testing.assert_allclose(streamed[key], again[key], atol=1e-6)
