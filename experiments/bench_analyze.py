@@ -99,8 +99,9 @@ def mode_analysis(run, k, fast):
 
     t, c = time.perf_counter(), cpu()
     res = analyze_run(run, k=k, fast=fast, backend="faiss")
+    recall = {f"{r.stage}/{r.probe}/{r.direction}_{r.metric}": r.value for r in res.retrieval.itertuples()}
     return {"seconds": time.perf_counter() - t, "cpu_seconds": cpu() - c, "timing": res.meta["timing_s"], "overlaps": _overlaps(res),
-            "queries": res.meta["knn_queries"]}
+            "queries": res.meta["knn_queries"], "recall": recall, "recall_ci": res.meta.get("retrieval_ci95", {})}
 
 
 def mode_ivf(run, k):
@@ -237,6 +238,11 @@ def report(n, args, r) -> None:
         for key in list(ex)[:4]:
             print(f"  {key:<24} exact {ex[key]['knn_overlap_mean']:.4f}  fast {fa[key]['knn_overlap_mean']:.4f} "
                   f"[{fa[key]['knn_overlap_ci_low']:.4f}, {fa[key]['knn_overlap_ci_high']:.4f}]")
+        ci, exact_recall = r["fast"]["recall_ci"], r["exact"]["recall"]
+        hits = [lo <= exact_recall[key] <= hi for key, (lo, hi) in ci.items()]
+        print(f"fast-mode 95% CI covers the exact R@K (sampled queries) in {sum(hits)}/{len(hits)} (stage, direction, K) cells")
+        for key in list(ci)[:3]:
+            print(f"  {key:<24} exact {exact_recall[key]:.2f}  fast {r['fast']['recall'][key]:.2f} [{ci[key][0]:.2f}, {ci[key][1]:.2f}]")
 
 
 if __name__ == "__main__":

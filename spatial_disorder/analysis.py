@@ -22,23 +22,45 @@ from .knn import Backend, as_unit_rows, check_k, get_backend
 from .metrics.continual import continual_from_retrieval
 from .metrics.deviation import (
     DEFAULT_TEMPERATURE,
+    KL_EXACT_MAX,
     KL_SAMPLE_ROWS,
+    ContrastiveKL,
     centroid,
-    contrastive_kl,
+    contrastive_log_probs,
     flips,
     intermodal_rotation,
+    kl_from_log_probs,
+    kl_rows,
     paired_angles,
 )
 from .metrics.neighbours import overlap_from_indices, summarise_overlap
 from .metrics.procrustes import cross_products, gram, procrustes_from_products
 from .metrics.registry import METRICS
-from .metrics.retrieval import RetrievalRanks, check_text_to_image, retrieval_ranks, sampled_ranks, scores_from_ranks
-from .metrics.rotation import EXACT_TOPOLOGY_MAX, check_pair, distribution, rotation_angles, topology_change
+from .metrics.retrieval import (
+    DEFAULT_KS,
+    RetrievalRanks,
+    check_text_to_image,
+    retrieval_ranks,
+    sampled_ranks,
+    scores_from_ranks,
+)
+from .metrics.rotation import (
+    EXACT_TOPOLOGY_MAX,
+    check_pair,
+    distribution,
+    pair_angles,
+    rotation_angles,
+    topology_from_angles,
+    topology_items,
+)
 
 MODALITIES = ("image", "text")
 SUMMARY_COLUMNS = ["stage_a", "stage_b", "probe", "modality", "metric", "value"]
 FAST_QUERIES = 1000
 FAST_ROWS = 20000
+# From this many items the symmetric search (half the products) beats a query-by-query faiss search on
+# 2 cores; below it the whole-computed diagonal blocks and the transposes eat the saving (measured).
+SYMMETRIC_MIN_ROWS = 30000
 
 
 @dataclass
@@ -143,6 +165,7 @@ class _StageData:
     paired: np.ndarray | None = None
     gap: float = float("nan")
     gram: dict = field(default_factory=dict)  # modality -> Procrustes Gram matrix of this stage
+    score_ci: dict | None = None  # fast mode: "i2t_R@1" -> (low, high) 95% interval of the sampled recall
 
 
 class _Engine:
@@ -163,6 +186,11 @@ class _Engine:
         self.sizes: dict = {}
         self.fit_rows: dict = {}  # (probe, modality) -> rows used for Procrustes in fast mode
         self.timing: dict = {"knn_s": 0.0, "retrieval_s": 0.0, "pairs_s": 0.0, "normalise_s": 0.0}
+        self._topology: dict = {}  # (stage, probe, modality) -> pair angles of the topology items
+        self._kl: OrderedDict = OrderedDict()  # (stage, probe) -> log-probability rows for the KL
+        self.symmetric_min_rows = SYMMETRIC_MIN_ROWS
+        if not temperature > 0:
+            raise InputError(f"temperature must be positive, got {temperature}")
         self._check_shapes()
 
     # inputs ------------------------------------------------------------------------------------------
@@ -218,8 +246,11 @@ class _Engine:
             x = self.unit(stage, probe, m)
             rows = self.rows[(probe, m)]
             t = time.perf_counter()
-            q = x if rows is None else x[rows]
-            _, sd.knn[m] = self.backend.topk(q, x, self.k, exclude_self=True, query_rows=rows, normalized=True)
+            if rows is None and self.backend.exact and x.shape[0] >= self.symmetric_min_rows:  # half the products
+                _, sd.knn[m] = self.backend.self_topk(x, self.k)
+            else:
+                _, sd.knn[m] = self.backend.topk(x if rows is None else x[rows], x, self.k, exclude_self=True, query_rows=rows,
+                                                 normalized=True)
             self.timing["knn_s"] += time.perf_counter() - t
         if len(mods) == 2:
             img, txt, t2i = self.unit(stage, probe, "image"), self.unit(stage, probe, "text"), self.t2i[probe]
@@ -232,11 +263,38 @@ class _Engine:
                 rt = np.arange(txt.shape[0]) if rt is None else rt
                 sd.ranks = sampled_ranks(img, txt, t2i, ri, rt, backend=self.backend)
             sd.scores = scores_from_ranks(sd.ranks)
+            if ri is not None or rt is not None:
+                sd.score_ci = _recall_ci(sd.ranks, {"i2t": img.shape[0], "t2i": txt.shape[0]})
             self.timing["retrieval_s"] += time.perf_counter() - t
             sd.paired = paired_angles(img, txt, t2i, normalized=True)
             sd.gap = float(np.linalg.norm(centroid(img) - centroid(txt)))
         self.stage_data[key] = sd
         return sd
+
+    def topology(self, a, b, probe, m):
+        """Topology change of one pair from the per-stage pair angles of the (sampled) topology items."""
+        n = self.sizes[(probe, m)]
+        items = topology_items(n, self.topology_max_items, self.seed)
+        for s in (a, b):
+            if (s, probe, m) not in self._topology:
+                x = self.unit(s, probe, m)
+                self._topology[(s, probe, m)] = pair_angles(x if items is None else x[items])
+        return topology_from_angles(self._topology[(a, probe, m)], self._topology[(b, probe, m)], n, items)
+
+    def kl(self, a, b, probe) -> ContrastiveKL:
+        """Contrastive KL of one pair from per-stage log-probability rows (a few stages cached)."""
+        n_img, n_txt = self.sizes[(probe, "image")], self.sizes[(probe, "text")]
+        ri, rt = kl_rows(n_img, n_txt, KL_EXACT_MAX, 64 if self.fast else KL_SAMPLE_ROWS, self.seed)
+        for s in (a, b):
+            if (s, probe) not in self._kl:
+                self._kl[(s, probe)] = contrastive_log_probs(self.unit(s, probe, "image"), self.unit(s, probe, "text"), ri, rt,
+                                                             self.temperature, self.backend)
+                evictable = [k for k in self._kl if k[0] not in self.pinned and k[0] not in (a, b)]
+                while len(self._kl) > self.cache_stages and evictable:
+                    del self._kl[evictable.pop(0)]
+        (ia, ta), (ib, tb) = self._kl[(a, probe)], self._kl[(b, probe)]
+        i2t, t2i = float(kl_from_log_probs(ia, ib).mean()), float(kl_from_log_probs(ta, tb).mean())
+        return ContrastiveKL(i2t, t2i, (i2t + t2i) / 2.0, len(ri), len(rt), float(self.temperature))
 
     # per pair ----------------------------------------------------------------------------------------
     def pair(self, a, b, probe, out):
@@ -257,8 +315,7 @@ class _Engine:
             dist = distribution(rot)
             for q in ("mean", "median", "p10", "p90"):
                 put(m, f"rotation_{q}_deg", dist[q])
-            topo = topology_change(xa, xb, exact_max=self.topology_max_items, seed=self.seed, normalized=True,
-                                   backend=self.backend)
+            topo = self.topology(a, b, probe, m)
             put(m, "topology_change_mean_deg", topo.mean_deg)
             put(m, "topology_pairs", topo.n_pairs)
             fr = self.fit_rows.get((probe, m))
@@ -312,9 +369,7 @@ class _Engine:
             put("cross", "modality_gap_a", sa.gap)
             put("cross", "modality_gap_b", sb.gap)
             put("cross", "modality_gap_change", sb.gap - sa.gap)
-            kl = contrastive_kl(self.unit(a, probe, "image"), self.unit(a, probe, "text"), self.unit(b, probe, "image"),
-                                self.unit(b, probe, "text"), temperature=self.temperature, seed=self.seed,
-                                backend=self.backend, normalized=True, sample_rows=64 if self.fast else KL_SAMPLE_ROWS)
+            kl = self.kl(a, b, probe)
             put("cross", "contrastive_kl", kl.mean)
             put("cross", "contrastive_kl_i2t", kl.i2t)
             put("cross", "contrastive_kl_t2i", kl.t2i)
@@ -339,6 +394,21 @@ class _Engine:
         if ps is None:
             return np.arange(n).astype(str)
         return ps.table(modality)["id"].astype(str).to_numpy()
+
+
+def _recall_ci(ranks: RetrievalRanks, population: dict) -> dict:
+    """95% intervals (percent; normal approximation, finite-population correction) for R@K of sampled queries."""
+    out = {}
+    for direction, r in (("i2t", ranks.i2t), ("t2i", ranks.t2i)):
+        r = np.asarray(r, dtype=np.float64)
+        r = r[np.isfinite(r)]
+        n, big_n = len(r), population[direction]
+        for k in DEFAULT_KS:
+            p = float(np.mean(r <= k)) if n else float("nan")
+            fpc = np.sqrt((big_n - n) / max(1, big_n - 1)) if n < big_n else 0.0
+            half = 1.96 * np.sqrt(p * (1 - p) / max(1, n - 1)) * fpc if n else float("nan")
+            out[f"{direction}_R@{k}"] = (100.0 * max(0.0, p - half), 100.0 * min(1.0, p + half))
+    return out
 
 
 def _spectrum_frame(a, b, probe, kind, centred, angles) -> pd.DataFrame:
@@ -407,6 +477,8 @@ def _meta(engine: _Engine, stages, pairs, extra) -> dict:
         "pairs": [list(p) for p in pairs],
         "probes": list(engine.probes),
         "timing_s": {k: round(v, 3) for k, v in engine.timing.items()},
+        "retrieval_ci95": {f"{s}/{p}/{key}": [round(float(lo), 4), round(float(hi), 4)] for (s, p), sd in engine.stage_data.items()
+                           if sd.score_ci for key, (lo, hi) in sd.score_ci.items()},
         **extra,
     }
 

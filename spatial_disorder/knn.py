@@ -6,6 +6,8 @@ of query rows: no backend ever holds an n x n matrix in memory.
 
 Backends: ``faiss`` (exact ``IndexFlatIP``), ``faiss-ivf`` (approximate inverted file, for the fast mode),
 ``torch`` (CPU matmul + ``torch.topk``; torch is imported only when this backend is built) and ``numpy``.
+``Backend.self_topk`` is the symmetric all-items search (each block of the cosine matrix computed once and
+used for its rows and its columns: half the products of a query-by-query search).
 """
 
 from __future__ import annotations
@@ -108,6 +110,34 @@ class Backend:
             stop = min(start + rows, queries.shape[0])
             yield start, stop, self._matmul(queries[start:stop], database)
 
+    def self_topk(self, x: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of every row of ``x`` (unit rows) among the other rows, from half the products.
+
+        The cosine matrix is symmetric, so each off-diagonal block ``X_I X_J^T`` (``I < J``) is computed once
+        and feeds the running lists of its rows and (transposed) of its columns: n^2 d multiply-adds instead
+        of the 2 n^2 d of a query-by-query search. Each row keeps its best ``k`` so far; a block's entries are
+        compared with the row's current k-th best and only the few that beat it are merged. Candidates arrive
+        in increasing column order and must beat the incumbent strictly, so ties keep the lower index, as
+        faiss does. Returns ``(scores, indices)`` ``[n, k]``, best first.
+        """
+        n = x.shape[0]
+        k = check_k(k, n, True)
+        block = max(block, k + 1)
+        best_s = np.full((n, k), -np.inf, dtype=np.float32)
+        best_i = np.full((n, k), -1, dtype=np.int64)
+        starts = list(range(0, n, block))
+        for bi, r0 in enumerate(starts):
+            r1 = min(r0 + block, n)
+            for c0 in starts[bi:]:
+                c1 = min(c0 + block, n)
+                sims = self._matmul(x[r0:r1], x[c0:c1])
+                if c0 == r0:
+                    np.fill_diagonal(sims, -np.inf)
+                _absorb(best_s, best_i, r0, sims, c0, k)
+                if c0 != r0:
+                    _absorb(best_s, best_i, c0, sims, r0, k, transposed=True)
+        return best_s, best_i
+
     # --- engine ---------------------------------------------------------------------------------
     def _matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a @ b.T
@@ -176,6 +206,33 @@ class FaissBackend(Backend):
         return scores, idx.astype(np.int64)
 
 
+    def self_topk(self, x, k, block: int = 4096):
+        """As ``Backend.self_topk`` (half the products), with faiss's own heaps doing the selection."""
+        faiss = self._faiss
+        n = x.shape[0]
+        k = check_k(k, n, True)
+        scores = np.empty((n, k), dtype=np.float32)
+        idx = np.empty((n, k), dtype=np.int64)
+        heaps = faiss.float_minheap_array_t()
+        heaps.k, heaps.nh = k, n
+        heaps.val, heaps.ids = faiss.swig_ptr(scores), faiss.swig_ptr(idx)
+        heaps.heapify()
+        starts = list(range(0, n, block))
+        for bi, r0 in enumerate(starts):
+            r1 = min(r0 + block, n)
+            for c0 in starts[bi:]:
+                c1 = min(c0 + block, n)
+                sims = np.ascontiguousarray(self._matmul(x[r0:r1], x[c0:c1]), dtype=np.float32)
+                if c0 == r0:
+                    np.fill_diagonal(sims, -np.inf)
+                heaps.addn(c1 - c0, faiss.swig_ptr(sims), c0, r0, r1 - r0)
+                if c0 != r0:
+                    t = _transpose(sims)
+                    heaps.addn(r1 - r0, faiss.swig_ptr(t), r0, c0, c1 - c0)
+        heaps.reorder()
+        return scores, idx
+
+
 class FaissIVFBackend(FaissBackend):
     """Approximate search with ``faiss.IndexIVFFlat`` (inner product). Recall is measured, not assumed."""
 
@@ -213,6 +270,66 @@ def _drop_self(scores, idx, self_rows, k):
     keep[np.arange(len(idx)), first] = False
     return scores[keep].reshape(len(idx), k), idx[keep].reshape(len(idx), k)
 
+
+def _transpose(a: np.ndarray, tile: int = 64) -> np.ndarray:
+    """Contiguous transpose in strips of ``tile`` rows (several times faster than ``a.T.copy()`` on large blocks)."""
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    for s in range(0, a.shape[0], tile):
+        out[:, s : s + tile] = a[s : s + tile].T
+    return out
+
+
+_DENSE_COLUMNS = 512  # a row's first block: exact top-k of this many columns sets its threshold
+
+
+def _merge(best_s, best_i, r0, cand_rows, cand_cols, cand_vals, k):
+    """Merge candidates (``cand_rows`` counted from ``r0``) into the sorted lists of rows ``r0 ..``.
+
+    Every candidate has a higher index than the entries already listed for its row, and a row's candidates
+    come in increasing index order, so two stable sorts (score, then row) order each row by score
+    descending with ties in index order; the first ``k`` of each row are kept.
+    """
+    if not len(cand_rows):
+        return
+    b = int(cand_rows.max()) + 1
+    all_r = np.concatenate([np.repeat(np.arange(b), k), cand_rows])
+    all_s = np.concatenate([best_s[r0 : r0 + b].ravel(), cand_vals.astype(np.float32, copy=False)])
+    all_i = np.concatenate([best_i[r0 : r0 + b].ravel(), cand_cols.astype(np.int64, copy=False)])
+    order = np.argsort(-all_s, kind="stable")
+    order = order[np.argsort(all_r[order], kind="stable")]
+    counts = np.bincount(all_r, minlength=b)
+    first = np.cumsum(counts) - counts
+    keep = order[np.arange(len(order)) - np.repeat(first, counts) < k]
+    best_s[r0 : r0 + b] = all_s[keep].reshape(b, k)
+    best_i[r0 : r0 + b] = all_i[keep].reshape(b, k)
+
+
+def _absorb(best_s, best_i, r0, sims, c0, k, transposed=False):
+    """Update the running top-k lists of rows ``r0 ..`` with one similarity block whose columns start at ``c0``.
+
+    ``transposed``: the rows to update are the *columns* of ``sims`` (read in place, without a copy).
+    """
+    c, b = sims.shape if transposed else sims.shape[::-1]
+    start = 0
+    if np.isneginf(best_s[r0 : r0 + b, -1]).any():
+        # first block these rows see: exact top-k of its first columns (enough of them to hold k others)
+        w = min(c, max(_DENSE_COLUMNS, k + 1))
+        sub = sims[:w].T if transposed else sims[:, :w]
+        kth = -np.partition(-sub, k - 1, axis=1)[:, k - 1]
+        rr, cc = np.nonzero(sub >= kth[:, None])  # the k best and any ties with the k-th, in index order
+        _merge(best_s, best_i, r0, rr, cc + c0, sub[rr, cc], k)
+        start = w
+    if start < c:
+        thr = best_s[r0 : r0 + b, -1]
+        if transposed:
+            rest = sims[start:]
+            cc, rr = np.nonzero(rest > thr[None, :])
+            vals = rest[cc, rr]
+        else:
+            rest = sims[:, start:]
+            rr, cc = np.nonzero(rest > thr[:, None])
+            vals = rest[rr, cc]
+        _merge(best_s, best_i, r0, rr, cc + (c0 + start), vals, k)
 
 _BACKENDS = {"faiss": FaissBackend, "faiss-ivf": FaissIVFBackend, "torch": TorchBackend, "numpy": NumpyBackend}
 _MODULES = {"faiss": "faiss", "faiss-ivf": "faiss", "torch": "torch", "numpy": "numpy"}

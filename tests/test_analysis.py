@@ -246,3 +246,39 @@ def test_more_neighbours_than_items_and_bad_options():
         analyze_arrays({"image": x}, {"text": x}, k=2)
     with pytest.raises(InputError, match="reference stage"):
         default_pairs(["a", "b"], ref="c")
+
+
+def test_per_stage_caches_equal_direct_metric_calls():
+    """Neighbour lists (symmetric search), topology angles and KL rows are computed once per stage and reused
+    across pairs; every pair must still equal the stand-alone metric functions on the same two stages."""
+    from spatial_disorder.knn import as_unit_rows
+    from spatial_disorder.metrics.deviation import contrastive_kl
+    from spatial_disorder.metrics.neighbours import knn_overlap
+    from spatial_disorder.metrics.rotation import topology_change
+
+    rng = np.random.default_rng(11)
+    n, d = 2300, 8  # above the KL and topology sample thresholds (2048, 60): both sampled paths run
+    t2i = np.arange(n)
+    stages = [{"image": unit(rng.normal(size=(n, d))), "text": unit(rng.normal(size=(n, d)))}]
+    for _ in range(2):
+        stages.append({m: unit(x + 0.3 * rng.normal(size=x.shape)) for m, x in stages[-1].items()})
+    arrays = {f"s{i}": s for i, s in enumerate(stages)}
+
+    from spatial_disorder.analysis import _Engine, _run_engine
+
+    engine = _Engine(lambda s, p, m: arrays[s][m], list(arrays), {"p": ("image", "text")}, {"p": t2i}, k=5, fast=False, backend="auto",
+                     seed=3, temperature=0.05, fast_queries=1000, fast_rows=20000, topology_max_items=60)
+    engine.symmetric_min_rows = 0  # use the symmetric kNN search (normally only from 30,000 items)
+    summary = _run_engine(engine, default_pairs(list(arrays)), list(arrays))[0]
+    for a, b in default_pairs(list(arrays)):
+        got = summary[(summary.stage_a == a) & (summary.stage_b == b)]
+        val = dict(zip(got.metric + "/" + got.modality, got.value))
+        for m in ("image", "text"):
+            xa, xb = as_unit_rows(arrays[a][m]), as_unit_rows(arrays[b][m])
+            assert val[f"knn_overlap_mean/{m}"] == pytest.approx(knn_overlap(xa, xb, 5, backend="numpy").mean(), abs=1e-12)
+            topo = topology_change(xa, xb, exact_max=60, seed=3)
+            assert val[f"topology_change_mean_deg/{m}"] == pytest.approx(topo.mean_deg, rel=1e-6)
+        kl = contrastive_kl(arrays[a]["image"], arrays[a]["text"], arrays[b]["image"], arrays[b]["text"], temperature=0.05, seed=3)
+        assert kl.n_rows_i2t == 256 < n
+        assert val["contrastive_kl/cross"] == pytest.approx(kl.mean, rel=1e-5)
+        assert val["contrastive_kl_rows/cross"] == kl.n_rows_i2t + kl.n_rows_t2i

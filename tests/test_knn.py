@@ -88,3 +88,52 @@ def test_as_unit_rows_accepts_float16_and_memmap(tmp_path):
     out = as_unit_rows(mm, block=7)
     assert out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+
+
+def brute_self_topk(x, k):
+    """Float64 reference: score descending, ties by lower index, the item itself excluded."""
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(s, -np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(x)), s.shape), -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, axis=1), order
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("n, k, block", [(300, 7, 64), (257, 10, 4096), (40, 5, 3), (12, 11, 4)])
+def test_self_topk_matches_brute_force(name, n, k, block):
+    rng = np.random.default_rng(n + k)
+    x = as_unit_rows(rng.normal(size=(n, 16)))
+    scores, idx = get_backend(name).self_topk(x, k, block=block)
+    ref_s, ref_i = brute_self_topk(x, k)
+    assert (idx == ref_i).mean() > 0.999  # random data: no ties
+    np.testing.assert_allclose(scores, ref_s, atol=1e-6)
+    assert not (idx == np.arange(n)[:, None]).any()
+
+
+def tied_rows(seed):
+    """Unit rows with entries in {0, +-1/2, +-1}: every dot product is exact, so ties are real ties."""
+    rng = np.random.default_rng(seed)
+    half = rng.choice([-0.5, 0.5], size=(12, 4))
+    axes = np.eye(4)[rng.integers(0, 4, 8)] * rng.choice([-1.0, 1.0], size=(8, 1))
+    base = np.vstack([half, axes])
+    return base[rng.integers(0, len(base), 90)].astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_self_topk_with_ties(seed):
+    x = tied_rows(seed)
+    k = 8
+    ref_s, ref_i = brute_self_topk(x, k)
+    for block in (13, 4096):  # several blocks, and one block holding everything
+        s_np, i_np = get_backend("numpy").self_topk(x, k, block=block)
+        np.testing.assert_array_equal(i_np, ref_i)  # numpy merge: ties keep the lower index
+        np.testing.assert_array_equal(s_np, ref_s.astype(np.float32))
+    if "faiss" in available_backends():
+        fb = get_backend("faiss")
+        s_f, i_f = fb.self_topk(x, k, block=13)
+        s_q, _ = fb.topk(x, x, k, exclude_self=True, normalized=True)
+        np.testing.assert_array_equal(s_f, ref_s.astype(np.float32))  # same scores as the reference
+        np.testing.assert_array_equal(s_f, s_q)  # and as faiss's own search (tie order is faiss's heap order)
+        full = x.astype(np.float64) @ x.astype(np.float64).T
+        np.testing.assert_array_equal(np.take_along_axis(full, i_f, axis=1), s_f)  # each index has its score
+        assert all(len(set(r)) == k for r in i_f) and not (i_f == np.arange(len(x))[:, None]).any()

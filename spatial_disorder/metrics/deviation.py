@@ -19,7 +19,7 @@ KL_EXACT_MAX = 2048
 KL_SAMPLE_ROWS = 256
 
 
-def paired_angles(image, text, text_to_image, normalized: bool = False, block: int = 65536) -> np.ndarray:
+def paired_angles(image, text, text_to_image, normalized: bool = False, block: int = 2048) -> np.ndarray:
     """Angle (degrees) between every caption and its own image at one stage."""
     img = image if normalized else as_unit_rows(image, "image embeddings")
     txt = text if normalized else as_unit_rows(text, "text embeddings")
@@ -103,13 +103,38 @@ class ContrastiveKL:
     temperature: float
 
 
-def _row_kl(qa, da, qb, db, temperature, backend) -> np.ndarray:
-    out = np.empty(qa.shape[0])
-    rows = block_rows(da.shape[0], 1 << 22)
-    for (s, e, sa), (_, _, sb) in zip(backend.similarity_blocks(qa, da, rows), backend.similarity_blocks(qb, db, rows)):
-        la = _log_softmax(sa * np.float32(1.0 / temperature))
-        lb = _log_softmax(sb * np.float32(1.0 / temperature))
-        out[s:e] = np.einsum("ij,ij->i", np.exp(la), la - lb, dtype=np.float64)
+def kl_rows(n_images: int, n_texts: int, exact_max: int = KL_EXACT_MAX, sample_rows: int = KL_SAMPLE_ROWS,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The image rows and caption rows that ``contrastive_kl`` uses (all, or a seeded sample)."""
+    rng = np.random.default_rng(seed)
+
+    def pick(n):
+        return np.arange(n) if n <= exact_max else np.sort(rng.choice(n, size=min(n, sample_rows), replace=False))
+
+    ri = pick(n_images)
+    return ri, pick(n_texts)
+
+
+def contrastive_log_probs(image, text, image_rows, text_rows, temperature: float = DEFAULT_TEMPERATURE,
+                          backend: Backend | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One stage's share of the KL: log-softmax rows (float32) of the chosen image rows over all captions and of
+    the chosen caption rows over all images (inputs are unit rows). Cacheable per stage."""
+    backend = get_backend(backend or "auto")
+    out = []
+    for q, db in ((image[image_rows], text), (text[text_rows], image)):
+        logp = np.empty((q.shape[0], db.shape[0]), dtype=np.float32)
+        for s, e, sims in backend.similarity_blocks(q, db, block_rows(db.shape[0], 1 << 22)):
+            logp[s:e] = _log_softmax(sims * np.float32(1.0 / temperature))
+        out.append(logp)
+    return out[0], out[1]
+
+
+def kl_from_log_probs(logp_a: np.ndarray, logp_b: np.ndarray, block: int = 64) -> np.ndarray:
+    """Per-row KL(p_a || p_b) from log-probabilities (float64 sums)."""
+    out = np.empty(logp_a.shape[0])
+    for s in range(0, logp_a.shape[0], block):
+        la, lb = logp_a[s : s + block], logp_b[s : s + block]
+        out[s : s + block] = np.einsum("ij,ij->i", np.exp(la), la - lb, dtype=np.float64)
     return out
 
 
@@ -137,13 +162,18 @@ def contrastive_kl(
     for x, y, what in ((ia, ib, "image"), (ta, tb, "text")):
         if x.shape != y.shape:
             raise InputError(f"{what}: stage a has shape {x.shape} but stage b has {y.shape}")
-    rng = np.random.default_rng(seed)
-
-    def pick(n):
-        return np.arange(n) if n <= exact_max else np.sort(rng.choice(n, size=min(n, sample_rows), replace=False))
-
-    ri, rt = pick(ia.shape[0]), pick(ta.shape[0])
-    kl_i = _row_kl(ia[ri], ta, ib[ri], tb, temperature, backend)
-    kl_t = _row_kl(ta[rt], ia, tb[rt], ib, temperature, backend)
-    i2t, t2i = float(kl_i.mean()), float(kl_t.mean())
+    ri, rt = kl_rows(ia.shape[0], ta.shape[0], exact_max, sample_rows, seed)
+    kl = {}
+    for key, rows, n_cols in (("i2t", ri, ta.shape[0]), ("t2i", rt, ia.shape[0])):
+        step = block_rows(n_cols, 1 << 22)  # bounded memory: a few rows of log-probabilities at a time
+        parts = []
+        for s in range(0, len(rows), step):
+            sub = rows[s : s + step]
+            none = np.empty(0, dtype=np.int64)
+            pick = (sub, none) if key == "i2t" else (none, sub)
+            la = contrastive_log_probs(ia, ta, *pick, temperature, backend)[0 if key == "i2t" else 1]
+            lb = contrastive_log_probs(ib, tb, *pick, temperature, backend)[0 if key == "i2t" else 1]
+            parts.append(kl_from_log_probs(la, lb))
+        kl[key] = float(np.concatenate(parts).mean())
+    i2t, t2i = kl["i2t"], kl["t2i"]
     return ContrastiveKL(i2t, t2i, (i2t + t2i) / 2.0, len(ri), len(rt), float(temperature))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..knn import as_unit_rows, block_rows, get_backend
+from ..knn import as_unit_rows, block_rows
 
 EXACT_TOPOLOGY_MAX = 2000
 
@@ -33,8 +33,8 @@ def unit_angle_deg(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.degrees(2.0 * np.arctan2(dn, sn))
 
 
-def rotation_angles(a, b, normalized: bool = False, block: int = 65536) -> np.ndarray:
-    """Per-item rotation angle (degrees) between row i of stage a and row i of stage b."""
+def rotation_angles(a, b, normalized: bool = False, block: int = 2048) -> np.ndarray:
+    """Per-item rotation angle (degrees) between row i of stage a and row i of stage b (blocks small enough for cache)."""
     a = a if normalized else as_unit_rows(a, "stage a")
     b = b if normalized else as_unit_rows(b, "stage b")
     check_pair(a, b)
@@ -79,10 +79,52 @@ def topology_items(n: int, exact_max: int = EXACT_TOPOLOGY_MAX, seed: int = 0) -
     return np.sort(np.random.default_rng([seed, n]).choice(n, size=exact_max, replace=False))
 
 
+def pair_angles(x) -> np.ndarray:
+    """Angles (degrees, float32) of every pair ``i < j`` of the unit rows ``x``, row-major upper triangle.
+
+    One stage's share of a topology comparison: computed once per stage and reused by every pair of stages.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    m = x.shape[0]
+    out = np.empty(m * (m - 1) // 2, dtype=np.float32)
+    rows = block_rows(m, 1 << 22)
+    pos = 0
+    for s in range(0, m - 1, rows):
+        e = min(s + rows, m - 1)
+        sims = x[s:e] @ x[s + 1 :].T  # row i of the block against items i + 1 .. m - 1 (and some before)
+        ang = np.arccos(np.clip(sims, -1.0, 1.0, dtype=np.float32))
+        ang *= np.float32(180.0 / np.pi)
+        for r in range(e - s):
+            i = s + r
+            seg = ang[r, i - s :]  # columns of items i + 1 .. m - 1
+            out[pos : pos + len(seg)] = seg
+            pos += len(seg)
+    return out
+
+
+def topology_from_angles(angles_a: np.ndarray, angles_b: np.ndarray, n: int, items: np.ndarray | None) -> TopologyChange:
+    """Topology change from two stages' ``pair_angles`` of the same ``m`` items (``items`` of ``n``, or all)."""
+    m = n if items is None else len(items)
+    d = np.abs(angles_a - angles_b)
+    iu, ju = np.triu_indices(m, 1)
+    per = (np.bincount(iu, weights=d, minlength=m) + np.bincount(ju, weights=d, minlength=m)) / (m - 1)
+    p50, p90 = np.percentile(d, [50, 90])
+    mean = float(d.mean(dtype=np.float64))
+    if items is None:
+        per_item = per
+    else:
+        per_item = np.full(n, np.nan)
+        per_item[items] = per
+    return TopologyChange(mean, float(p50), float(p90), len(d), items is None, per_item, items)
+
+
 def topology_change(a, b, exact_max: int = EXACT_TOPOLOGY_MAX, seed: int = 0, normalized: bool = False,
                     backend=None) -> TopologyChange:
     """Change of within-stage pair angles from a to b: all pairs up to ``exact_max`` items, else all pairs
-    among a seeded sample of ``exact_max`` items (blocked either way; nothing n x n is held)."""
+    among a seeded sample of ``exact_max`` items (blocked either way; nothing n x n is held).
+
+    ``backend`` is accepted for compatibility; the sampled blocks are small dense products.
+    """
     a = a if normalized else as_unit_rows(a, "stage a")
     b = b if normalized else as_unit_rows(b, "stage b")
     check_pair(a, b)
@@ -91,26 +133,4 @@ def topology_change(a, b, exact_max: int = EXACT_TOPOLOGY_MAX, seed: int = 0, no
         raise InputError(f"topology change needs at least 2 items, got {n}")
     items = topology_items(n, exact_max, seed)
     sa, sb = (a, b) if items is None else (a[items], b[items])
-    m = sa.shape[0]
-    a32, b32 = np.ascontiguousarray(sa, dtype=np.float32), np.ascontiguousarray(sb, dtype=np.float32)
-    per = np.zeros(m)
-    diffs = []
-    rows = block_rows(m, 1 << 22)
-    backend = get_backend(backend or "numpy")
-    for (s, _, sim_a), (_, _, sim_b) in zip(backend.similarity_blocks(a32, a32, rows), backend.similarity_blocks(b32, b32, rows)):
-        ca = np.arccos(np.clip(sim_a, -1.0, 1.0, dtype=np.float32))
-        cb = np.arccos(np.clip(sim_b, -1.0, 1.0, dtype=np.float32))
-        d = np.abs(ca - cb) * np.float32(180.0 / np.pi)
-        idx = np.arange(s, min(s + rows, m))
-        d[np.arange(len(idx)), idx] = 0.0
-        per[idx] = d.sum(axis=1, dtype=np.float64) / (m - 1)
-        diffs.append(d[np.arange(m)[None, :] > idx[:, None]])
-    allv = np.concatenate(diffs)
-    p50, p90 = np.percentile(allv, [50, 90])
-    mean = float(allv.mean(dtype=np.float64))
-    if items is None:
-        per_item = per
-    else:
-        per_item = np.full(n, np.nan)
-        per_item[items] = per
-    return TopologyChange(mean, float(p50), float(p90), len(allv), items is None, per_item, items)
+    return topology_from_angles(pair_angles(sa), pair_angles(sb), n, items)
