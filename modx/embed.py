@@ -43,7 +43,25 @@ class PreparedItems:
             yield from torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, num_workers=num_workers)
 
 
+def _unit(arr: np.ndarray) -> np.ndarray:
+    """Renormalise in fp32 (bf16 outputs are only approximately unit length)."""
+    return (arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 @torch.no_grad()
+def _encode(model, batches, encode, device, precision) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for batch in batches:
+            with autocast(device, precision):
+                out.append(encode(batch.to(device), normalize=True).float().cpu())
+    finally:
+        model.train(was_training)
+    return _unit(torch.cat(out).numpy())
+
+
 def embed_items(model, items: ItemSet | PreparedItems, transform, tokenizer, device, precision="auto", batch_size=256,
                 num_workers=0) -> dict[str, np.ndarray]:
     """L2-normalised float32 embeddings: ``image`` [n_images, d] and ``text`` [n_captions, d] (captions flattened in order).
@@ -51,23 +69,31 @@ def embed_items(model, items: ItemSet | PreparedItems, transform, tokenizer, dev
     ``items`` may be a :class:`PreparedItems` (inputs computed once); ``transform``/``tokenizer`` are then unused.
     """
     prepared = items if isinstance(items, PreparedItems) else PreparedItems(items, transform, tokenizer, batch_size, max_pixel_bytes=0)
-    was_training = model.training
-    model.eval()
-    try:
-        images = []
-        for pixels in prepared.image_batches(batch_size, num_workers):
-            with autocast(device, precision):
-                images.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
-        texts = []
-        for tokens in prepared.tokens.split(batch_size):
-            with autocast(device, precision):
-                texts.append(model.encode_text(tokens.to(device), normalize=True).float().cpu())
-    finally:
-        model.train(was_training)
-    out = {"image": torch.cat(images).numpy(), "text": torch.cat(texts).numpy()}
-    for key, arr in out.items():  # renormalise in fp32 (bf16 outputs are only approximately unit length)
-        out[key] = (arr / np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    return out
+    return {
+        "image": _encode(model, prepared.image_batches(batch_size, num_workers), model.encode_image, device, precision),
+        "text": _encode(model, prepared.tokens.split(batch_size), model.encode_text, device, precision),
+    }
+
+
+def embed_probe_sets(model, prepared: dict[str, PreparedItems], device, precision="auto", batch_size=256) -> dict[str, dict[str, np.ndarray]]:
+    """Embed several probe sets at once, encoding every distinct caption only once.
+
+    Probe sets often share captions (the same concepts drawn in two styles; the same caption under two
+    images); the text tower then runs once per distinct caption and the rows are copied back, which gives
+    the arrays ``embed_items`` gives probe set by probe set (up to float rounding of other batchings).
+    """
+    distinct: dict[str, torch.Tensor] = {}  # caption -> its tokens, in first-seen order
+    for p in prepared.values():
+        for caption, tokens in zip(p.captions, p.tokens):
+            distinct.setdefault(caption, tokens)
+    index = {caption: i for i, caption in enumerate(distinct)}
+    rows = {name: np.array([index[c] for c in p.captions], dtype=np.int64) for name, p in prepared.items()}
+    tokens = torch.stack(list(distinct.values())) if distinct else torch.empty((0, 1), dtype=torch.long)
+    text = _encode(model, tokens.split(batch_size), model.encode_text, device, precision)
+    return {
+        name: {"image": _encode(model, p.image_batches(batch_size), model.encode_image, device, precision), "text": text[rows[name]]}
+        for name, p in prepared.items()
+    }
 
 
 def retrieval(image: np.ndarray, text: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:

@@ -27,7 +27,7 @@ from . import __version__, checkpoint, models
 from .config import dump_yaml, pieces_for
 from .data.items import ItemSet, TrainDataset, epoch_order
 from .distributed import DistContext, cleanup, gather_features, init_distributed
-from .embed import PreparedItems, autocast, embed_items, retrieval
+from .embed import PreparedItems, autocast, embed_items, embed_probe_sets, retrieval
 from .errors import ConfigError, DivergedError
 from .losses import Batch, make_pieces, total_loss
 from .plan import Phase, Plan, build_plan
@@ -384,10 +384,10 @@ class Runner:
         if name in self.writer.stage_names:
             return
         t0 = time.perf_counter()
-        arrays, scores = {}, {}
+        scores = {}
+        arrays = embed_probe_sets(unwrap(self.model), {p.probe.name: self._probe_inputs(p) for p in self.plan.probes},
+                                  self.device, self.precision, self.config["model"]["embed_batch_size"])
         for p in self.plan.probes:
-            arrays[p.probe.name] = embed_items(unwrap(self.model), self._probe_inputs(p), None, None,
-                                               self.device, self.precision, self.config["model"]["embed_batch_size"])
             a = arrays[p.probe.name]
             scores[p.probe.name] = retrieval(a["image"], a["text"], p.probe.text_to_image)
         embed_seconds = time.perf_counter() - t0

@@ -145,3 +145,26 @@ def test_prepared_probe_inputs_embed_exactly_like_streamed_ones(emoji_csv):
     for key in ("image", "text"):
         assert streamed[key].shape == again[key].shape
         np.testing.assert_allclose(streamed[key], again[key], atol=1e-6)
+
+
+def test_probe_sets_sharing_captions_encode_each_caption_once(emoji_csv, monkeypatch):
+    import numpy as np
+
+    from modx import models
+    from modx.embed import PreparedItems, embed_items, embed_probe_sets
+
+    table = load_source("emoji", {"format": "csv", "path": str(emoji_csv), "image_id_key": "image_id"})
+    bundle = models.create("modx-tiny-vit-32")
+    device = bundle.model.logit_scale.device
+    prepared = {s: PreparedItems(ItemSet.from_table(filter_rows(table, {"style": s})), bundle.eval_transform, bundle.tokenizer)
+                for s in ("google", "twitter")}  # the same concepts and captions in two styles
+    calls = []
+    real = bundle.model.encode_text
+    monkeypatch.setattr(bundle.model, "encode_text", lambda tokens, normalize: calls.append(len(tokens)) or real(tokens, normalize=normalize))
+    together = embed_probe_sets(bundle.model, prepared, device)
+    distinct = {c for p in prepared.values() for c in p.captions}
+    assert sum(calls) == len(distinct) < sum(len(p.captions) for p in prepared.values())
+    for name, p in prepared.items():
+        alone = embed_items(bundle.model, p, None, None, device)
+        for key in ("image", "text"):
+            np.testing.assert_allclose(together[name][key], alone[key], atol=1e-5)
