@@ -158,9 +158,16 @@ def test_probe_sets_sharing_captions_encode_each_caption_once(emoji_csv, monkeyp
     device = bundle.model.logit_scale.device
     prepared = {s: PreparedItems(ItemSet.from_table(filter_rows(table, {"style": s})), bundle.eval_transform, bundle.tokenizer)
                 for s in ("google", "twitter")}  # the same concepts and captions in two styles
+    import modx.embed
+
     calls = []
-    real = bundle.model.encode_text
-    monkeypatch.setattr(bundle.model, "encode_text", lambda tokens, normalize: calls.append(len(tokens)) or real(tokens, normalize=normalize))
+    real_encoder = modx.embed.text_encoder
+
+    def counting_encoder(model):
+        encode = real_encoder(model)
+        return lambda tokens, normalize: calls.append(len(tokens)) or encode(tokens, normalize=normalize)
+
+    monkeypatch.setattr(modx.embed, "text_encoder", counting_encoder)
     together = embed_probe_sets(bundle.model, prepared, device)
     distinct = {c for p in prepared.values() for c in p.captions}
     assert sum(calls) == len(distinct) < sum(len(p.captions) for p in prepared.values())
@@ -168,3 +175,21 @@ def test_probe_sets_sharing_captions_encode_each_caption_once(emoji_csv, monkeyp
         alone = embed_items(bundle.model, p, None, None, device)
         for key in ("image", "text"):
             np.testing.assert_allclose(together[name][key], alone[key], atol=1e-5)
+
+
+def test_trimmed_text_encoder_equals_open_clip_encode_text():
+    import torch
+
+    from modx import models
+    from modx.embed import text_encoder
+
+    bundle = models.create("modx-tiny-vit-32")
+    model = bundle.model.eval()
+    tokens = bundle.tokenizer(["a red circle", "the flag of a country far away with a long name", "x"])
+    assert (tokens[:, -5:] == 0).all()  # padded: the trimmed path is taken
+    with torch.no_grad():
+        full = model.encode_text(tokens, normalize=True)
+        encode = text_encoder(model)
+        assert encode.__name__ == "encode"  # the trimming path, not open_clip's encode_text
+        trimmed = encode(tokens, normalize=True)
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
