@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pandas as pd
 from . import figures as F
 from .html import Section, kv_table, page, table_html
 from .metrics_json import dumps, metrics_document
-from .output import write_folder
+from .output import report_files, write_folder
 from .style import report_style
 from .tables import csv_tables, definitions, format_headline, headline
 
@@ -54,15 +53,7 @@ class Report:
     summary_text: str = ""
 
     def files(self) -> dict[str, bytes]:
-        out = {"index.html": self.html.encode("utf-8"), "metrics.json": dumps(self.metrics)}
-        for name, frame in self.tables.items():
-            buf = io.StringIO()
-            frame.to_csv(buf, index=False)
-            out[f"tables/{name}.csv"] = buf.getvalue().encode("utf-8")
-        for key, formats in self.rendered.items():
-            for fmt, data in formats.items():
-                out[f"figures/{key}.{fmt}"] = data
-        return out
+        return report_files(self.html, self.tables, self.rendered, {"metrics.json": dumps(self.metrics)})
 
     def write(self, out) -> Path:
         """Write the report folder (replacing an older report there) and return its path."""

@@ -6,7 +6,6 @@ named differently still line up; the probe sets must hold the same items.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 from ..errors import InputError
 from .figures import ReportFigure, _figure, render_figure, stage_order
 from .html import Section, kv_table, page
-from .output import write_folder
+from .output import report_files, write_folder
 from .style import color_cycle, report_style
 from .tables import definitions
 
@@ -175,19 +174,11 @@ class CompareReport:
     rendered: dict = field(default_factory=dict)
 
     def files(self) -> dict[str, bytes]:
-        out = {"index.html": self.html.encode("utf-8")}
-        for stem, frame in (("compare_summary", self.summary), ("compare_retrieval", self.retrieval)):
-            buf = io.StringIO()
-            frame.to_csv(buf, index=False)
-            out[f"tables/{stem}.csv"] = buf.getvalue().encode("utf-8")
         doc = {"schema": "spatial-disorder-compare", "version": 1, "runs": self.names,
                "summary": json.loads(self.summary.to_json(orient="records")),
                "retrieval": json.loads(self.retrieval.to_json(orient="records"))}
-        out["compare.json"] = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
-        for key, formats in self.rendered.items():
-            for fmt, data in formats.items():
-                out[f"figures/{key}.{fmt}"] = data
-        return out
+        tables = {"compare_summary": self.summary, "compare_retrieval": self.retrieval}
+        return report_files(self.html, tables, self.rendered, {"compare.json": (json.dumps(doc, indent=2) + "\n").encode("utf-8")})
 
     def write(self, out) -> Path:
         return write_folder(out, self.files())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
@@ -12,6 +13,19 @@ from ..run.atomic import fsync_dir
 
 # A folder we may replace holds one of these (so a typo in --out never deletes someone's data).
 MARKERS = ("index.html", "metrics.json", "compare.json")
+
+
+def report_files(html: str, tables: dict, rendered: dict, extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The files of a report folder: the page, every table as CSV, every rendered figure format, extras."""
+    out = {"index.html": html.encode("utf-8"), **(extra or {})}
+    for name, frame in tables.items():
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False)
+        out[f"tables/{name}.csv"] = buf.getvalue().encode("utf-8")
+    for key, formats in rendered.items():
+        for fmt, data in formats.items():
+            out[f"figures/{key}.{fmt}"] = data
+    return out
 
 
 def write_folder(out: str | os.PathLike, files: dict[str, bytes]) -> Path:
