@@ -361,12 +361,18 @@ def rotation_scatter(analysis, probe: str, ref: str, last: str, text_to_image: n
     return ReportFigure(f"rotation_scatter_{probe}", "intermodal", f"Image vs text rotation per item{_probe_label(probe, n_probes)}", fig, reading)
 
 
+def _per_stage_rows(analysis, table: str, probe: str):
+    """Rows of one per-stage table of the analysis for one probe set, and the stages present, in run order."""
+    frame = getattr(analysis, table, None)
+    if frame is None or not len(frame):
+        return None, []
+    sel = frame[frame["probe"].astype(str) == probe]
+    present = set(sel["stage"].astype(str))
+    return sel, [s for s in stage_order(analysis) if s in present]
+
+
 def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
-    paired = getattr(analysis, "paired", None)
-    if paired is None or not len(paired):
-        return None
-    sel = paired[paired["probe"].astype(str) == probe]
-    stages = [s for s in stage_order(analysis) if s in set(sel["stage"].astype(str))]
+    sel, stages = _per_stage_rows(analysis, "paired", probe)
     if not stages:
         return None
     q = np.array([np.nanpercentile(sel.loc[sel["stage"].astype(str) == s, "paired_angle_deg"].to_numpy(float), [10, 25, 50, 75, 90]) for s in stages])
@@ -391,11 +397,7 @@ def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure |
 
 # --- retrieval -------------------------------------------------------------------------------------------
 def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
-    r = getattr(analysis, "retrieval", None)
-    if r is None or not len(r):
-        return None
-    sel = r[r["probe"].astype(str) == probe]
-    stages = [s for s in stage_order(analysis) if s in set(sel["stage"].astype(str))]
+    sel, stages = _per_stage_rows(analysis, "retrieval", probe)
     if not stages:
         return None
     fig = _figure(10, 3.6)
