@@ -5,6 +5,8 @@ rotation + noise drift per stage), then runs every mode in a fresh child process
 mode's own) and prints times as ratios measured in the same run:
 
   baseline  faiss IndexFlatIP exact top-(k+1) search, once per stage and modality (nothing else)
+  searches  baseline plus one faiss caption -> image top-k search per stage: every search the metric set
+            needs (intra-modal neighbours and cross-modal retrieval), still without any metric
   exact     analyze_run(run) with the faiss backend: every metric, every default stage pair
   fast      analyze_run(run, fast=True): sampled queries, 95% CI for the neighbour overlap
   ivf       recall@k of the approximate faiss-ivf backend on one stage, against exact search
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("baseline", "exact", "fast", "ivf", "naive")
+MODES = ("baseline", "searches", "exact", "fast", "ivf", "naive")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -69,17 +71,19 @@ def unit(x):
 
 
 # --- modes (run in a child process) --------------------------------------------------------------------
-def mode_baseline(run, k):
+def mode_baseline(run, k, cross=False):
+    """Exact faiss searches only: per stage, image -> image and text -> text (and caption -> image if ``cross``)."""
     import faiss
 
     total = total_cpu = 0.0
     for s in run.stages:
-        for m in ("image", "text"):
-            x = unit(run.embeddings(s, "bench", m))
+        x = {m: unit(run.embeddings(s, "bench", m)) for m in ("image", "text")}
+        searches = [("image", "image", k + 1), ("text", "text", k + 1)] + ([("text", "image", k)] if cross else [])
+        for queries, database, kk in searches:
             t, c = time.perf_counter(), cpu()
-            index = faiss.IndexFlatIP(x.shape[1])
-            index.add(x)
-            index.search(x, k + 1)
+            index = faiss.IndexFlatIP(x[database].shape[1])
+            index.add(x[database])
+            index.search(x[queries], kk)
             total += time.perf_counter() - t
             total_cpu += cpu() - c
     return {"seconds": total, "cpu_seconds": total_cpu}
@@ -147,8 +151,8 @@ def child(args) -> None:
     from spatial_disorder import open_run
 
     run = open_run(args.run, check_sha256=False)
-    if args.child == "baseline":
-        out = mode_baseline(run, args.k)
+    if args.child in ("baseline", "searches"):
+        out = mode_baseline(run, args.k, cross=args.child == "searches")
     elif args.child in ("exact", "fast"):
         out = mode_analysis(run, args.k, args.child == "fast")
     elif args.child == "ivf":
@@ -218,6 +222,9 @@ def report(n, args, r) -> None:
     print(f"{'mode':<10}{'wall s':>9}{'/ base':>8}{'cpu s':>9}{'/ base':>8}{'peak RSS GB':>13}  notes")
     for mode, res in r.items():
         ratio = f"{res['seconds'] / base:.2f}" if base else "-"
+        if mode == "exact" and "searches" in r:
+            searches = r["searches"]
+            ratio_all = f"{res['seconds'] / searches['seconds']:.2f} / {res['cpu_seconds'] / searches['cpu_seconds']:.2f}"
         cpu_ratio = f"{res['cpu_seconds'] / base_cpu:.2f}" if base_cpu else "-"
         notes = ""
         if mode in ("exact", "fast"):
@@ -226,6 +233,8 @@ def report(n, args, r) -> None:
             if mode == "exact" and base:
                 other = res["seconds"] - tm["retrieval_s"]
                 notes += f"; wall without the retrieval pass {other / base:.2f}x baseline"
+            if mode == "exact" and "searches" in r:
+                notes += f"; wall / cpu against all searches {ratio_all}"
         elif mode == "ivf":
             notes = f"recall@{args.k} = {res['recall_at_k']:.3f} (one stage, image)"
         elif mode == "naive":

@@ -21,6 +21,7 @@ from .errors import InputError
 
 _NORM_BLOCK = 65536
 _BLOCK_ELEMENTS = 1 << 24  # similarity block size: 16M float32 = 64 MiB
+_TILE_ROWS, _TILE_COLS = 2048, 4096  # similarity tiles for full passes: 32 MiB
 
 
 def as_unit_rows(x, name: str = "embeddings", block: int = _NORM_BLOCK) -> np.ndarray:
@@ -109,6 +110,20 @@ class Backend:
         for start in range(0, queries.shape[0], rows):
             stop = min(start + rows, queries.shape[0])
             yield start, stop, self._matmul(queries[start:stop], database)
+
+    def similarity_tiles(self, queries, database, rows: int = _TILE_ROWS, cols: int = _TILE_COLS):
+        """Yield ``(r0, r1, c0, c1, queries[r0:r1] @ database[c0:c1].T)`` (inputs already unit rows), rows outer.
+
+        Square-ish tiles keep the matrix product efficient when the database is large: a strip of a few
+        hundred query rows against 100k database rows runs about a quarter slower on 2 cores (measured).
+        """
+        n_q, n_db = queries.shape[0], database.shape[0]
+        for r0 in range(0, n_q, rows):
+            r1 = min(r0 + rows, n_q)
+            q = queries[r0:r1]
+            for c0 in range(0, n_db, cols):
+                c1 = min(c0 + cols, n_db)
+                yield r0, r1, c0, c1, self._matmul(q, database[c0:c1])
 
     def self_topk(self, x: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` of every row of ``x`` (unit rows) among the other rows, from half the products.

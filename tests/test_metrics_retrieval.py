@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spatial_disorder.errors import InputError
-from spatial_disorder.knn import available_backends
+from spatial_disorder.knn import NumpyBackend, available_backends
 from spatial_disorder.metrics.retrieval import retrieval_ranks, retrieval_scores
 
 
@@ -115,3 +115,33 @@ def test_sampled_ranks_equal_exact_ranks_on_the_sample():
     np.testing.assert_array_equal(part.i2t[rows_i], full.i2t[rows_i])
     np.testing.assert_array_equal(part.t2i[rows_t], full.t2i[rows_t])
     assert np.isnan(part.i2t).sum() == 56 and np.isnan(part.t2i).sum() == len(t2i) - 30
+
+
+class _TinyTiles(NumpyBackend):
+    """A numpy backend whose similarity tiles are 7 x 5, so every tile edge cuts through caption groups."""
+
+    def similarity_tiles(self, queries, database, rows=7, cols=5):
+        yield from super().similarity_tiles(queries, database, rows=rows, cols=cols)
+
+
+def test_tiled_passes_match_brute_force_across_tile_edges():
+    from spatial_disorder.knn import as_unit_rows
+    from spatial_disorder.metrics.retrieval import sampled_ranks
+
+    rng = np.random.default_rng(11)
+    n_img = 23
+    img = rng.integers(-2, 3, size=(n_img, 5)).astype(np.float64)
+    img[np.abs(img).sum(axis=1) == 0, 0] = 1.0
+    img[9] = img[8]  # a tie straddling a tile edge (columns 5-9)
+    t2i = np.repeat(np.arange(n_img), rng.integers(1, 5, size=n_img))
+    txt = img[t2i] + rng.integers(-1, 2, size=(len(t2i), 5))
+    txt[np.abs(txt).sum(axis=1) == 0, 0] = 1.0
+    ref_i, ref_t = brute_ranks(img, txt, t2i)
+    ranks = retrieval_ranks(img, txt, t2i, backend=_TinyTiles())
+    np.testing.assert_array_equal(ranks.i2t, ref_i)
+    np.testing.assert_array_equal(ranks.t2i, ref_t)
+    rows_i, rows_t = np.array([0, 4, 8, 9, 15, 22]), np.arange(0, len(t2i), 3)
+    sampled = sampled_ranks(as_unit_rows(img), as_unit_rows(txt), t2i, rows_i, rows_t, backend=_TinyTiles())
+    np.testing.assert_array_equal(sampled.i2t[rows_i], ref_i[rows_i])
+    np.testing.assert_array_equal(sampled.t2i[rows_t], ref_t[rows_t])
+    assert np.isnan(np.delete(sampled.i2t, rows_i)).all()

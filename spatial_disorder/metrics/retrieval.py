@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..knn import Backend, as_unit_rows, block_rows, get_backend
+from ..knn import Backend, as_unit_rows, get_backend
 
 DEFAULT_KS = (1, 5, 10)
 TIE_TOL = 1e-5
@@ -55,7 +55,7 @@ def retrieval_ranks(
     tie_tol: float = TIE_TOL,
     normalized: bool = False,
 ) -> RetrievalRanks:
-    """Exact ranks in both directions from one blocked pass over the caption x image cosine matrix."""
+    """Exact ranks in both directions from one tiled pass over the caption x image cosine matrix."""
     backend = get_backend(backend or "auto")
     img = image_emb if normalized else as_unit_rows(image_emb, "image embeddings")
     txt = text_emb if normalized else as_unit_rows(text_emb, "text embeddings")
@@ -68,16 +68,21 @@ def retrieval_ranks(
     own = np.einsum("ij,ij->i", txt.astype(np.float64), img[t2i].astype(np.float64))
     best = np.full(n_img, -np.inf)
     np.maximum.at(best, t2i, own)
-    t2i_rank = np.empty(n_txt, dtype=np.int64)
+    t2i_ahead = np.zeros(n_txt, dtype=np.int64)
     i2t_ahead = np.zeros(n_img, dtype=np.int64)
+    thr_txt = (own - tie_tol).astype(np.float32)
     thr_img = (best - tie_tol).astype(np.float32)
-    for start, stop, sims in backend.similarity_blocks(txt, img, rows=block_rows(n_img)):
-        rows = np.arange(stop - start)
-        sims[rows, t2i[start:stop]] = -np.inf  # the correct pair never counts against itself
-        thr = (own[start:stop] - tie_tol).astype(np.float32)
-        t2i_rank[start:stop] = 1 + np.count_nonzero(sims >= thr[:, None], axis=1)
-        i2t_ahead += np.count_nonzero(sims >= thr_img[None, :], axis=0)
-    return RetrievalRanks(i2t=1 + i2t_ahead, t2i=t2i_rank)
+    for r0, r1, c0, c1, sims in backend.similarity_tiles(txt, img):
+        _mask_own(sims, np.arange(r1 - r0), t2i[r0:r1], c0, c1)  # the correct pair never counts against itself
+        t2i_ahead[r0:r1] += np.count_nonzero(sims >= thr_txt[r0:r1, None], axis=1)
+        i2t_ahead[c0:c1] += np.count_nonzero(sims >= thr_img[None, c0:c1], axis=0)
+    return RetrievalRanks(i2t=1 + i2t_ahead, t2i=1 + t2i_ahead)
+
+
+def _mask_own(sims, tile_rows, own_cols, c0, c1) -> None:
+    """Set the tile entries (tile_rows[i], own_cols[i]) to -inf where column own_cols[i] lies in [c0, c1)."""
+    inside = (own_cols >= c0) & (own_cols < c1)
+    sims[tile_rows[inside], own_cols[inside] - c0] = -np.inf
 
 
 def sampled_ranks(image_emb, text_emb, text_to_image, image_rows, text_rows, backend=None, tie_tol: float = TIE_TOL) -> RetrievalRanks:
@@ -91,23 +96,31 @@ def sampled_ranks(image_emb, text_emb, text_to_image, image_rows, text_rows, bac
     text_rows = np.asarray(text_rows, dtype=np.int64)
     image_rows = np.asarray(image_rows, dtype=np.int64)
     if len(text_rows):
-        own = np.einsum("ij,ij->i", txt[text_rows].astype(np.float64), img[t2i[text_rows]].astype(np.float64))
-        for start, stop, sims in backend.similarity_blocks(txt[text_rows], img):
-            sims[np.arange(stop - start), t2i[text_rows[start:stop]]] = -np.inf
-            out_t[text_rows[start:stop]] = 1 + np.count_nonzero(sims >= (own[start:stop] - tie_tol)[:, None].astype(np.float32), axis=1)
+        own_img = t2i[text_rows]
+        own = np.einsum("ij,ij->i", txt[text_rows].astype(np.float64), img[own_img].astype(np.float64))
+        thr = (own - tie_tol).astype(np.float32)
+        ahead = np.zeros(len(text_rows), dtype=np.int64)
+        for r0, r1, c0, c1, sims in backend.similarity_tiles(txt[text_rows], img):
+            _mask_own(sims, np.arange(r1 - r0), own_img[r0:r1], c0, c1)
+            ahead[r0:r1] += np.count_nonzero(sims >= thr[r0:r1, None], axis=1)
+        out_t[text_rows] = 1 + ahead
     if len(image_rows):
+        # every (query row, own caption) pair, and each query image's best cosine to its own captions
         order = np.argsort(t2i, kind="stable")
         bounds = np.searchsorted(t2i[order], np.arange(n_img + 1))
         counts = bounds[image_rows + 1] - bounds[image_rows]
-        for start, stop, sims in backend.similarity_blocks(img[image_rows], txt):
-            rows = image_rows[start:stop]
-            rep = np.repeat(np.arange(stop - start), counts[start:stop])
-            caps = np.concatenate([order[bounds[r] : bounds[r + 1]] for r in rows])
-            own = np.einsum("ij,ij->i", txt[caps].astype(np.float64), img[rows[rep]].astype(np.float64))
-            best = np.full(stop - start, -np.inf)
-            np.maximum.at(best, rep, own)
-            sims[rep, caps] = -np.inf  # the image's own captions never count against it
-            out_i[rows] = 1 + np.count_nonzero(sims >= (best - tie_tol)[:, None].astype(np.float32), axis=1)
+        rep = np.repeat(np.arange(len(image_rows)), counts)
+        caps = np.concatenate([order[bounds[r] : bounds[r + 1]] for r in image_rows])
+        own = np.einsum("ij,ij->i", txt[caps].astype(np.float64), img[image_rows[rep]].astype(np.float64))
+        best = np.full(len(image_rows), -np.inf)
+        np.maximum.at(best, rep, own)
+        thr = (best - tie_tol).astype(np.float32)
+        ahead = np.zeros(len(image_rows), dtype=np.int64)
+        for r0, r1, c0, c1, sims in backend.similarity_tiles(img[image_rows], txt):
+            lo, hi = np.searchsorted(rep, [r0, r1])
+            _mask_own(sims, rep[lo:hi] - r0, caps[lo:hi], c0, c1)  # the image's own captions never count against it
+            ahead[r0:r1] += np.count_nonzero(sims >= thr[r0:r1, None], axis=1)
+        out_i[image_rows] = 1 + ahead
     return RetrievalRanks(i2t=out_i, t2i=out_t)
 
 
