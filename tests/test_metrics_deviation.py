@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spatial_disorder.errors import InputError
+from spatial_disorder.knn import NumpyBackend
 from spatial_disorder.metrics.deviation import (
     contrastive_kl,
     flips,
@@ -13,6 +14,11 @@ from spatial_disorder.metrics.deviation import (
     rotation_mismatch,
 )
 from spatial_disorder.synthetic import planted_rotation
+
+
+class _TinyTiles(NumpyBackend):
+    def similarity_tiles(self, queries, database, rows=7, cols=5):
+        yield from super().similarity_tiles(queries, database, rows=rows, cols=cols)
 
 
 def unit(x):
@@ -67,6 +73,9 @@ def test_contrastive_kl_matches_brute_force_and_is_zero_for_identical_stages():
         assert kl.i2t == pytest.approx(ref_i, rel=1e-3, abs=1e-6)
         assert kl.t2i == pytest.approx(ref_t, rel=1e-3, abs=1e-6)
         assert kl.n_rows_i2t == 30 and kl.n_rows_t2i == 45
+    tiled = contrastive_kl(ia, ta, ib, tb, temperature=0.05, backend=_TinyTiles())  # rows cut across many tiles
+    ref_i, ref_t = brute_kl(ia, ta, ib, tb, 0.05)
+    assert tiled.i2t == pytest.approx(ref_i, rel=1e-3, abs=1e-6) and tiled.t2i == pytest.approx(ref_t, rel=1e-3, abs=1e-6)
     same = contrastive_kl(ia, ta, ia.copy(), ta.copy())
     assert same.mean == pytest.approx(0.0, abs=1e-9)
     sampled = contrastive_kl(ia, ta, ib, tb, exact_max=10, sample_rows=8, seed=3)

@@ -123,8 +123,11 @@ def contrastive_log_probs(image, text, image_rows, text_rows, temperature: float
     out = []
     for q, db in ((image[image_rows], text), (text[text_rows], image)):
         logp = np.empty((q.shape[0], db.shape[0]), dtype=np.float32)
-        for s, e, sims in backend.similarity_blocks(q, db, block_rows(db.shape[0], 1 << 22)):
-            logp[s:e] = _log_softmax(sims * np.float32(1.0 / temperature))
+        for r0, r1, c0, c1, sims in backend.similarity_tiles(q, db):  # square tiles: efficient products
+            np.multiply(sims, np.float32(1.0 / temperature), out=logp[r0:r1, c0:c1])
+        step = block_rows(db.shape[0], 1 << 22)
+        for s in range(0, q.shape[0], step):
+            logp[s : s + step] = _log_softmax(logp[s : s + step])
         out.append(logp)
     return out[0], out[1]
 
