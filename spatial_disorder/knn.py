@@ -125,7 +125,7 @@ class Backend:
                 c1 = min(c0 + cols, n_db)
                 yield r0, r1, c0, c1, self._matmul(q, database[c0:c1])
 
-    def self_topk(self, x: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    def self_topk(self, x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` of every row of ``x`` (unit rows) among the other rows, from half the products.
 
         The cosine matrix is symmetric, so each off-diagonal block ``X_I X_J^T`` (``I < J``) is computed once
@@ -221,7 +221,7 @@ class FaissBackend(Backend):
         return scores, idx.astype(np.int64)
 
 
-    def self_topk(self, x, k, block: int = 4096):
+    def self_topk(self, x, k, block: int = 2048):
         """As ``Backend.self_topk`` (half the products), with faiss's own heaps doing the selection."""
         faiss = self._faiss
         n = x.shape[0]
