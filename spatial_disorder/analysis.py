@@ -58,9 +58,10 @@ MODALITIES = ("image", "text")
 SUMMARY_COLUMNS = ["stage_a", "stage_b", "probe", "modality", "metric", "value"]
 FAST_QUERIES = 1000
 FAST_ROWS = 20000
-# From this many items the symmetric search (half the products) beats a query-by-query faiss search on
-# 2 cores; below it the whole-computed diagonal blocks and the transposes eat the saving (measured).
-SYMMETRIC_MIN_ROWS = 30000
+# The symmetric kNN search (half the products, plus transposes and two heap updates per block) is off by
+# default: on an idle 2-core machine, 12 searches of 100,000 x 512 took 566 s with it against 490 s with
+# faiss query-by-query (experiments/bench_analyze.py). Set an item count to use it from that size on.
+SYMMETRIC_MIN_ROWS: int | None = None
 
 
 @dataclass
@@ -246,7 +247,8 @@ class _Engine:
             x = self.unit(stage, probe, m)
             rows = self.rows[(probe, m)]
             t = time.perf_counter()
-            if rows is None and self.backend.exact and x.shape[0] >= self.symmetric_min_rows:  # half the products
+            min_rows = self.symmetric_min_rows
+            if rows is None and self.backend.exact and min_rows is not None and x.shape[0] >= min_rows:  # half the products
                 _, sd.knn[m] = self.backend.self_topk(x, self.k)
             else:
                 _, sd.knn[m] = self.backend.topk(x if rows is None else x[rows], x, self.k, exclude_self=True, query_rows=rows,

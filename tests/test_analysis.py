@@ -268,7 +268,7 @@ def test_per_stage_caches_equal_direct_metric_calls():
 
     engine = _Engine(lambda s, p, m: arrays[s][m], list(arrays), {"p": ("image", "text")}, {"p": t2i}, k=5, fast=False, backend="auto",
                      seed=3, temperature=0.05, fast_queries=1000, fast_rows=20000, topology_max_items=60)
-    engine.symmetric_min_rows = 0  # use the symmetric kNN search (normally only from 30,000 items)
+    engine.symmetric_min_rows = 0  # use the symmetric kNN search (off by default)
     summary = _run_engine(engine, default_pairs(list(arrays)), list(arrays))[0]
     for a, b in default_pairs(list(arrays)):
         got = summary[(summary.stage_a == a) & (summary.stage_b == b)]

@@ -145,3 +145,23 @@ def test_tiled_passes_match_brute_force_across_tile_edges():
     np.testing.assert_array_equal(sampled.i2t[rows_i], ref_i[rows_i])
     np.testing.assert_array_equal(sampled.t2i[rows_t], ref_t[rows_t])
     assert np.isnan(np.delete(sampled.i2t, rows_i)).all()
+
+
+def test_threaded_counting_equals_one_pass():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spatial_disorder.metrics.retrieval import _count_at_least
+
+    rng = np.random.default_rng(2)
+    sims = rng.normal(size=(37, 23)).astype(np.float32)
+    sims[3, 4] = -np.inf
+    row_thr, col_thr = rng.normal(size=37).astype(np.float32), rng.normal(size=23).astype(np.float32)
+    want_rows = (sims >= row_thr[:, None]).sum(axis=1)
+    want_cols = (sims >= col_thr[None, :]).sum(axis=0)
+    with ThreadPoolExecutor(3) as pool:
+        rows, cols = _count_at_least(sims, row_thr, col_thr, pool, workers=3, min_chunk=1)  # 3 row chunks
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(cols, want_cols)
+    rows1, cols1 = _count_at_least(sims, row_thr, col_thr)
+    np.testing.assert_array_equal(rows1, want_rows)
+    np.testing.assert_array_equal(cols1, want_cols)
