@@ -137,3 +137,18 @@ def test_self_topk_with_ties(seed):
         full = x.astype(np.float64) @ x.astype(np.float64).T
         np.testing.assert_array_equal(np.take_along_axis(full, i_f, axis=1), s_f)  # each index has its score
         assert all(len(set(r)) == k for r in i_f) and not (i_f == np.arange(len(x))[:, None]).any()
+
+
+@pytest.mark.parametrize("name", [b for b in ("numpy", "faiss", "torch") if b in available_backends()])
+def test_similarity_tiles_cover_the_product_once(name):
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(2100, 6)).astype(np.float32)  # 2 row tiles (2048 + 52) x 3 column tiles (4096 x 2 + 10)
+    db = rng.normal(size=(8202, 6)).astype(np.float32)
+    full = np.full((len(q), len(db)), np.nan, dtype=np.float32)
+    seen = np.zeros(full.shape, dtype=np.int8)
+    for r0, r1, c0, c1, tile in get_backend(name).similarity_tiles(q, db):
+        assert tile.shape == (r1 - r0, c1 - c0)
+        full[r0:r1, c0:c1] = tile  # copied: the tile buffer is reused
+        seen[r0:r1, c0:c1] += 1
+    assert (seen == 1).all()
+    np.testing.assert_allclose(full, q @ db.T, rtol=1e-5, atol=1e-5)
