@@ -1,0 +1,393 @@
+"""Upgrade without re-indexing: cross-model retrieval, and a fitted d x d bridge between two models' spaces.
+
+Notation: reference (old) embeddings A and candidate (new) embeddings B of the same items, per modality,
+rows L2-normalised. A bridge is a linear map M, fitted per modality on a seeded calibration split of the
+items and scored on the held-out rest only:
+
+- ``orthogonal`` (default): M = U V^T where A_fit^T B_fit = U S V^T (orthogonal Procrustes, products
+  accumulated in float64 from float32 row blocks, never an n x n matrix);
+- ``ridge``: M = (A_fit^T A_fit + lambda I)^-1 A_fit^T B_fit with lambda = ridge * tr(A_fit^T A_fit) / d.
+
+Directions of use: ``index`` fits old -> new and carries the old index into the new space (new queries are
+searched against A M); ``query`` fits new -> old and carries new queries into the old space (the old index is
+untouched). Arrays in, dataclasses and DataFrames out; no I/O. Formulas and defaults: docs/bridge.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..knn import as_unit_rows
+from .procrustes import small_linalg
+from .retrieval import DEFAULT_KS, RetrievalRanks, check_text_to_image, retrieval_ranks
+
+METHODS = ("orthogonal", "ridge")
+DIRECTIONS = ("index", "query")
+MODALITIES = ("image", "text")
+DEFAULT_FRACTION = 0.5
+DEFAULT_RIDGE = 1e-2
+CURVE_SIZES = (50, 100, 300, None)  # calibration images; None = every held-in image
+_BLOCK = 8192
+
+
+# ---------------------------------------------------------------- calibration split
+
+
+@dataclass
+class Split:
+    """Image rows used to fit (in seeded order, so prefixes are nested subsets) and held out (sorted).
+
+    Captions follow their image: a caption is in the calibration split exactly when its image is.
+    """
+
+    fit_images: np.ndarray
+    held_images: np.ndarray
+    text_to_image: np.ndarray
+
+    def texts_of(self, images: np.ndarray) -> np.ndarray:
+        """Caption rows (ascending) whose image is among ``images``."""
+        return np.flatnonzero(np.isin(self.text_to_image, images))
+
+    @property
+    def fit_texts(self) -> np.ndarray:
+        return self.texts_of(self.fit_images)
+
+    @property
+    def held_texts(self) -> np.ndarray:
+        return self.texts_of(self.held_images)
+
+    def held_text_to_image(self) -> np.ndarray:
+        """text_to_image of the held-out captions, renumbered to rows of the held-out images."""
+        return np.searchsorted(self.held_images, self.text_to_image[self.held_texts])
+
+    def prefix(self, n_images: int) -> Split:
+        """The same held-out items with only the first ``n_images`` calibration images (a nested subset)."""
+        return Split(self.fit_images[:n_images], self.held_images, self.text_to_image)
+
+
+def calibration_split(text_to_image, n_images: int, fraction: float = DEFAULT_FRACTION, seed: int = 0) -> Split:
+    """A seeded split of the images: round(fraction * n) calibrate the map, the rest score it."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"calibration fraction must lie strictly between 0 and 1, not {fraction}")
+    t2i = np.asarray(text_to_image, dtype=np.int64)
+    if n_images < 2:
+        raise InputError(f"a calibration split needs at least 2 images, got {n_images}")
+    n_fit = min(n_images - 1, max(1, int(round(fraction * n_images))))
+    order = np.random.default_rng(seed).permutation(n_images)
+    return Split(order[:n_fit].copy(), np.sort(order[n_fit:]), t2i)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def min_fit_rows(method: str, d_in: int, d_out: int) -> int:
+    """Fewest calibration rows that determine the map: an orthogonal map needs one row per dimension
+    (below that, A^T B is rank-deficient and the map on the missing directions is arbitrary); ridge is
+    regularised, so two rows suffice."""
+    check_method(method)
+    return min(d_in, d_out) if method == "orthogonal" else 2
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InputError(f"unknown bridge method {method!r}; choose one of {', '.join(METHODS)}")
+    return method
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise InputError(f"unknown bridge direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+    return direction
+
+
+def fit_products(source, target, with_gram: bool = False, normalized: bool = False, block: int = _BLOCK):
+    """C = S^T T (and G = S^T S if asked) over unit rows, from float32 row blocks summed in float64.
+
+    Rows are normalised block by block, so a memory-mapped array is read once and never copied whole.
+    """
+    n, d_in = source.shape
+    d_out = target.shape[1]
+    c = np.zeros((d_in, d_out))
+    g = np.zeros((d_in, d_in)) if with_gram else None
+    for s in range(0, n, block):
+        x, y = source[s : s + block], target[s : s + block]
+        if normalized:
+            x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+        else:
+            x, y = as_unit_rows(x, f"source rows {s}..{s + len(x) - 1}"), as_unit_rows(y, f"target rows {s}..{s + len(y) - 1}")
+        c += x.T @ y
+        if with_gram:
+            g += x.T @ x
+    return c, g
+
+
+def fit_map(source, target, method: str = "orthogonal", ridge: float = DEFAULT_RIDGE, normalized: bool = False,
+            what: str = "calibration items", block: int = _BLOCK) -> np.ndarray:
+    """The [d_in, d_out] float64 matrix M with source @ M ~ target (rows paired item by item)."""
+    check_method(method)
+    if source.ndim != 2 or target.ndim != 2:
+        raise InputError(f"{what}: expected [n, d] arrays, got shapes {tuple(source.shape)} and {tuple(target.shape)}")
+    if source.shape[0] != target.shape[0]:
+        raise InputError(f"{what}: {source.shape[0]} source rows but {target.shape[0]} target rows; the rows must be the same items")
+    need = min_fit_rows(method, source.shape[1], target.shape[1])
+    if source.shape[0] < need:
+        raise InputError(f"{what}: {source.shape[0]} rows are too few to fit a {method} map in {source.shape[1]} dimensions "
+                         f"(needs at least {need}); calibrate on more items" + (" or use ridge" if method == "orthogonal" else ""))
+    if method == "ridge" and not (np.isfinite(ridge) and ridge > 0):
+        raise InputError(f"ridge strength must be a positive number, not {ridge}")
+    c, g = fit_products(source, target, with_gram=method == "ridge", normalized=normalized, block=block)
+    with small_linalg():
+        if method == "orthogonal":
+            u, _, vt = np.linalg.svd(c, full_matrices=False)
+            return u @ vt
+        lam = ridge * np.trace(g) / g.shape[0]
+        return np.linalg.solve(g + lam * np.eye(g.shape[0]), c)
+
+
+def apply_map(x, matrix: np.ndarray) -> np.ndarray:
+    """x @ M as float32 unit rows (a cosine index compares directions only)."""
+    y = np.asarray(x, dtype=np.float32) @ matrix.astype(np.float32)
+    return as_unit_rows(y, "mapped rows")
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _t2i_ranks(images, texts, text_to_image) -> np.ndarray:
+    return retrieval_ranks(images, texts, text_to_image, normalized=True).t2i
+
+
+def _i2t_ranks(images, texts, text_to_image) -> np.ndarray:
+    return retrieval_ranks(images, texts, text_to_image, normalized=True).i2t
+
+
+def recall_at(ranks: RetrievalRanks, ks=DEFAULT_KS) -> dict[str, float]:
+    """R@K in percent per direction: keys ``t2i_R@K`` and ``i2t_R@K``."""
+    out = {}
+    for direction in ("t2i", "i2t"):
+        r = np.asarray(getattr(ranks, direction), dtype=np.float64)
+        for k in ks:
+            out[f"{direction}_R@{k}"] = float(100.0 * np.mean(r <= k)) if len(r) else float("nan")
+    return out
+
+
+def paired_ranks(t2i_pair, i2t_pair, text_to_image) -> RetrievalRanks:
+    """Text-to-image ranks from one (images, texts) pair and image-to-text ranks from another.
+
+    Cross-model and bridged retrieval search one model's queries against the other model's index, so the
+    two directions use different pairs of arrays (all unit rows).
+    """
+    return RetrievalRanks(i2t=_i2t_ranks(*i2t_pair, text_to_image), t2i=_t2i_ranks(*t2i_pair, text_to_image))
+
+
+def cross_retrieval(reference: dict, candidate: dict, text_to_image, ks=DEFAULT_KS) -> dict[str, float]:
+    """New queries against the old index, no map: ``cross_t2i_R@K`` (new captions vs old images) and
+    ``cross_i2t_R@K`` (new images vs old captions), in percent."""
+    ref, cand = _unit_pair(reference, "reference"), _unit_pair(candidate, "candidate")
+    t2i = check_text_to_image(text_to_image, ref["image"].shape[0], ref["text"].shape[0])
+    ranks = paired_ranks((ref["image"], cand["text"]), (cand["image"], ref["text"]), t2i)
+    return {f"cross_{k}": v for k, v in recall_at(ranks, ks).items()}
+
+
+def agreement(carried: np.ndarray, target: np.ndarray) -> float:
+    """Share of rows whose carried-over vector finds its own target vector first among all target rows
+    (ties pessimistic, as in retrieval)."""
+    return float(np.mean(_t2i_ranks(target, carried, np.arange(len(target))) == 1))
+
+
+def _unit_pair(arrays: dict, side: str) -> dict:
+    missing = [m for m in MODALITIES if m not in arrays or arrays[m] is None]
+    if missing:
+        raise InputError(f"{side} embeddings lack the {' and '.join(missing)} modality; the bridge needs images and captions")
+    out = {m: as_unit_rows(arrays[m], f"{side} {m} embeddings") for m in MODALITIES}
+    if out["image"].shape[1] != out["text"].shape[1]:
+        raise InputError(f"{side}: image embeddings have dimension {out['image'].shape[1]} but text embeddings have {out['text'].shape[1]}")
+    return out
+
+
+def _check_items(ref: dict, cand: dict) -> None:
+    for m in MODALITIES:
+        if ref[m].shape[0] != cand[m].shape[0]:
+            raise InputError(f"candidate has {cand[m].shape[0]} {m} rows but reference has {ref[m].shape[0]}; the rows must be the same items")
+
+
+@dataclass
+class BridgeMaps:
+    """The fitted maps of one setting, per modality ([d_in, d_out] float64), with the rows they were fitted on."""
+
+    method: str
+    direction: str
+    image: np.ndarray
+    text: np.ndarray
+    fit_images: np.ndarray
+    fit_texts: np.ndarray
+
+
+def fit_bridge(ref: dict, cand: dict, split: Split, method: str = "orthogonal", direction: str = "index",
+               ridge: float = DEFAULT_RIDGE) -> BridgeMaps:
+    """Fit one map per modality on the calibration rows (inputs already unit rows)."""
+    check_direction(direction)
+    rows = {"image": split.fit_images, "text": split.fit_texts}
+    maps = {}
+    for m in MODALITIES:
+        src, dst = (ref, cand) if direction == "index" else (cand, ref)
+        maps[m] = fit_map(src[m][rows[m]], dst[m][rows[m]], method, ridge, normalized=True,
+                          what=f"calibration {m}s ({len(rows[m])} of them)")
+    return BridgeMaps(method, direction, maps["image"], maps["text"], np.sort(split.fit_images), rows["text"])
+
+
+def score_bridge(ref_held: dict, cand_held: dict, held_t2i, maps: BridgeMaps, ks=DEFAULT_KS) -> dict[str, float]:
+    """Bridged R@K and agreement on held-out rows (unit rows) for one fitted setting (no recovery yet)."""
+    if maps.direction == "index":  # old index carried into the new space; new queries
+        img_index = apply_map(ref_held["image"], maps.image)
+        txt_index = apply_map(ref_held["text"], maps.text)
+        ranks = paired_ranks((img_index, cand_held["text"]), (cand_held["image"], txt_index), held_t2i)
+        agree = {m: agreement(c, cand_held[m]) for m, c in (("image", img_index), ("text", txt_index))}
+    else:  # new queries carried into the old space; old index untouched
+        img_query = apply_map(cand_held["image"], maps.image)
+        txt_query = apply_map(cand_held["text"], maps.text)
+        ranks = paired_ranks((ref_held["image"], txt_query), (img_query, ref_held["text"]), held_t2i)
+        agree = {m: agreement(c, ref_held[m]) for m, c in (("image", img_query), ("text", txt_query))}
+    out = recall_at(ranks, ks)
+    out["image_agreement"], out["text_agreement"] = agree["image"], agree["text"]
+    return out
+
+
+@dataclass
+class BridgeEvaluation:
+    """Everything measured on the held-out items of one split.
+
+    ``table``: one row per setting (``old/old``, ``new/new``, ``cross``, then ``bridge <method> <direction>``)
+    with R@K per direction, recovery, agreement and the BCT criterion; ``metrics``: flat name -> value for
+    the default setting; ``maps``: the fitted maps by (method, direction).
+    """
+
+    table: pd.DataFrame
+    metrics: dict[str, float]
+    maps: dict[tuple[str, str], BridgeMaps]
+    split: Split
+    default: tuple[str, str] = ("orthogonal", "index")
+    skipped: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _recovery(row: dict, new: dict) -> dict:
+    out = {}
+    for d in ("t2i", "i2t"):
+        denom = new[f"{d}_R@1"]
+        out[f"{d}_R@1_recovery"] = row[f"{d}_R@1"] / denom if denom > 0 else float("nan")
+    return out
+
+
+def _bct(row: dict, old: dict) -> dict:
+    return {f"{d}_bct": float(row[f"{d}_R@1"] >= old[f"{d}_R@1"]) for d in ("t2i", "i2t")}
+
+
+def evaluate_bridge(reference: dict, candidate: dict, text_to_image, split: Split | None = None, methods=METHODS,
+                    directions=DIRECTIONS, fraction: float = DEFAULT_FRACTION, seed: int = 0, ridge: float = DEFAULT_RIDGE,
+                    ks=DEFAULT_KS, default: tuple[str, str] = ("orthogonal", "index"), normalized: bool = False) -> BridgeEvaluation:
+    """Fit every (method, direction) on the calibration split and score all settings on the held-out items.
+
+    A setting whose calibration split is too small for its method is skipped with the reason (the default
+    setting is not: it raises ``InputError``).
+    """
+    ref = reference if normalized else _unit_pair(reference, "reference")
+    cand = candidate if normalized else _unit_pair(candidate, "candidate")
+    _check_items(ref, cand)
+    t2i = check_text_to_image(text_to_image, ref["image"].shape[0], ref["text"].shape[0])
+    split = split or calibration_split(t2i, ref["image"].shape[0], fraction, seed)
+    rows = {"image": split.held_images, "text": split.held_texts}
+    ref_h = {m: ref[m][rows[m]] for m in MODALITIES}
+    cand_h = {m: cand[m][rows[m]] for m in MODALITIES}
+    held_t2i = split.held_text_to_image()
+    old = recall_at(retrieval_ranks(ref_h["image"], ref_h["text"], held_t2i, normalized=True), ks)
+    new = recall_at(retrieval_ranks(cand_h["image"], cand_h["text"], held_t2i, normalized=True), ks)
+    cross = recall_at(paired_ranks((ref_h["image"], cand_h["text"]), (cand_h["image"], ref_h["text"]), held_t2i), ks)
+    records = [{"setting": "old/old", **old}, {"setting": "new/new", **new},
+               {"setting": "cross", **cross, **_recovery(cross, new), **_bct(cross, old)}]
+    maps, skipped = {}, {}
+    for method in methods:
+        for direction in directions:
+            try:
+                fitted = fit_bridge(ref, cand, split, method, direction, ridge)
+            except InputError as exc:
+                if (method, direction) == tuple(default):
+                    raise
+                skipped[(method, direction)] = str(exc)
+                continue
+            maps[(method, direction)] = fitted
+            row = score_bridge(ref_h, cand_h, held_t2i, fitted, ks)
+            records.append({"setting": f"bridge {method} {direction}", "method": method, "direction": direction,
+                            **row, **_recovery(row, new), **_bct(row, old)})
+    table = pd.DataFrame.from_records(records)
+    table["fit_images"], table["fit_texts"] = len(split.fit_images), len(split.fit_texts)
+    table["held_images"], table["held_texts"] = len(split.held_images), len(split.held_texts)
+    ev = BridgeEvaluation(table, {}, maps, split, tuple(default), skipped)
+    ev.metrics = flat_metrics(ev, ks)
+    return ev
+
+
+def flat_metrics(ev: BridgeEvaluation, ks=DEFAULT_KS) -> dict[str, float]:
+    """Name -> value: held-out old/old and new/new R@K, ``cross_*``, and ``bridge_*`` for the default setting."""
+    t = ev.table.set_index("setting")
+    out: dict[str, float] = {}
+    for setting, prefix in (("old/old", "heldout_old_"), ("new/new", "heldout_new_"), ("cross", "cross_")):
+        out.update({f"{prefix}{d}_R@{k}": float(t.at[setting, f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
+    out.update({f"cross_{d}_compatible": float(t.at["cross", f"{d}_bct"]) for d in ("t2i", "i2t")})
+    name = f"bridge {ev.default[0]} {ev.default[1]}"
+    if name in t.index:
+        out.update({f"bridge_{d}_R@{k}": float(t.at[name, f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
+        out.update({f"bridge_{d}_R@1_recovery": float(t.at[name, f"{d}_R@1_recovery"]) for d in ("t2i", "i2t")})
+        out.update({f"bridge_{d}_compatible": float(t.at[name, f"{d}_bct"]) for d in ("t2i", "i2t")})
+        out["bridge_image_agreement"] = float(t.at[name, "image_agreement"])
+        out["bridge_text_agreement"] = float(t.at[name, "text_agreement"])
+    out["bridge_fit_images"] = float(len(ev.split.fit_images))
+    out["bridge_heldout_images"] = float(len(ev.split.held_images))
+    return out
+
+
+def bridge_metrics(reference: dict, candidate: dict, text_to_image, seed: int = 0, **options) -> dict[str, float]:
+    """The registrable form: (reference arrays, candidate arrays, text_to_image, seed) -> name -> value.
+
+    Only the default setting (orthogonal, index; half of the images calibrate) is fitted.
+    """
+    options.setdefault("methods", ("orthogonal",))
+    options.setdefault("directions", ("index",))
+    return evaluate_bridge(reference, candidate, text_to_image, seed=seed, **options).metrics
+
+
+def learning_curve(reference: dict, candidate: dict, text_to_image, sizes=CURVE_SIZES, methods=METHODS,
+                   directions=("index",), fraction: float = DEFAULT_FRACTION, seed: int = 0,
+                   ridge: float = DEFAULT_RIDGE) -> pd.DataFrame:
+    """Recovery and agreement against the number of calibration images, on one fixed held-out set.
+
+    Calibration sets are nested prefixes of the seeded calibration order; ``None`` in ``sizes`` means every
+    held-in image. Sizes larger than the held-in set are dropped; a size too small for a method gives a
+    row with NaN values and the reason in ``note``.
+    """
+    ref, cand = _unit_pair(reference, "reference"), _unit_pair(candidate, "candidate")
+    _check_items(ref, cand)
+    t2i = check_text_to_image(text_to_image, ref["image"].shape[0], ref["text"].shape[0])
+    full = calibration_split(t2i, ref["image"].shape[0], fraction, seed)
+    n_all = len(full.fit_images)
+    wanted = sorted({n_all if s is None else int(s) for s in sizes if s is None or 0 < int(s) <= n_all})
+    frames = []
+    for n in wanted:
+        ev = evaluate_bridge(ref, cand, t2i, split=full.prefix(n), methods=methods, directions=directions, ridge=ridge,
+                             default=("", ""), normalized=True)
+        rows = ev.table[ev.table["setting"].str.startswith("bridge")].copy()
+        rows["note"] = ""
+        for (method, direction), why in ev.skipped.items():
+            rows = pd.concat([rows, pd.DataFrame([{"setting": f"bridge {method} {direction}", "method": method,
+                                                   "direction": direction, "fit_images": n, "note": why}])], ignore_index=True)
+        rows["calibration_images"] = n
+        frames.append(rows)
+    cols = ["calibration_images", "method", "direction", "fit_texts", "t2i_R@1", "i2t_R@1", "t2i_R@1_recovery",
+            "i2t_R@1_recovery", "image_agreement", "text_agreement", "held_images", "note"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    return out[[c for c in cols if c in out.columns]].sort_values(["method", "direction", "calibration_images"], ignore_index=True)
