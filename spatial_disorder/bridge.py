@@ -24,7 +24,18 @@ import numpy as np
 
 from .errors import InputError
 from .knn import as_unit_rows
-from .metrics.bridge import DEFAULT_RIDGE, check_direction, check_method, fit_map
+from .metrics.bridge import (
+    DEFAULT_FRACTION,
+    DEFAULT_RIDGE,
+    DIRECTIONS,
+    METHODS,
+    BridgeEvaluation,
+    check_direction,
+    check_method,
+    evaluate_bridge,
+    fit_map,
+    learning_curve,
+)
 from .run.atomic import atomic_write, atomic_write_bytes, atomic_write_json
 
 FORMAT = "spatial-disorder-bridge"
@@ -253,3 +264,83 @@ def load(path: str | os.PathLike) -> Bridge:
         if isinstance(exc, InputError):
             raise InputError(f"{side}: {exc}") from None
         raise InputError(f"{side}: incomplete sidecar ({type(exc).__name__}: {exc})") from None
+
+
+# ---------------------------------------------------------------- measuring a bridge on probe items (sd-analyze bridge)
+
+
+def evaluate_comparison(comparison, methods=METHODS, directions=DIRECTIONS, fraction: float = DEFAULT_FRACTION,
+                        seed: int = 0, ridge: float = DEFAULT_RIDGE, curve: bool = False):
+    """Fit and score every (method, direction) on one reference/candidate pair of a probe set (``gate.inputs.Comparison``).
+
+    Returns ``(BridgeEvaluation, learning-curve DataFrame or None)``.
+    """
+    ev = evaluate_bridge(comparison.reference, comparison.candidate, comparison.text_to_image, methods=methods,
+                         directions=directions, fraction=fraction, seed=seed, ridge=ridge, default=(methods[0], directions[0]))
+    lc = None
+    if curve:
+        lc = learning_curve(comparison.reference, comparison.candidate, comparison.text_to_image, methods=methods,
+                            directions=directions, fraction=fraction, seed=seed, ridge=ridge)
+    return ev, lc
+
+
+def _pct(v) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:5.1f}"
+
+
+def _frac(v) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def format_evaluation(ev: BridgeEvaluation, title: str) -> str:
+    """A plain-text table: R@1 per direction, recovery, agreement and BCT per setting, on the held-out items."""
+    t = ev.table
+    head = (f"{title}: {int(t['fit_images'].iloc[0])} calibration images, {int(t['held_images'].iloc[0])} held out "
+            f"({int(t['held_texts'].iloc[0])} captions)")
+    cols = f"{'setting':<26} {'t2i R@1':>7} {'i2t R@1':>7} {'rec t2i':>7} {'rec i2t':>7} {'agr img':>7} {'agr txt':>7}  BCT t2i/i2t"
+    lines = [head, cols]
+    for r in t.to_dict("records"):
+        bct = "" if not np.isfinite(r.get("t2i_bct", np.nan)) else \
+            f"{'yes' if r['t2i_bct'] else 'no'}/{'yes' if r['i2t_bct'] else 'no'}"
+        lines.append(f"{r['setting']:<26} {_pct(r['t2i_R@1']):>7} {_pct(r['i2t_R@1']):>7} {_frac(r.get('t2i_R@1_recovery')):>7} "
+                     f"{_frac(r.get('i2t_R@1_recovery')):>7} {_frac(r.get('image_agreement')):>7} {_frac(r.get('text_agreement')):>7}  {bct}")
+    for (method, direction), why in ev.skipped.items():
+        lines.append(f"bridge {method} {direction}: skipped ({why})")
+    return "\n".join(lines)
+
+
+def format_curve(curve) -> str:
+    lines = [f"{'calibration images':>18} {'method':<10} {'direction':<9} {'rec t2i':>7} {'rec i2t':>7} {'agr img':>7} {'agr txt':>7}"]
+    for r in curve.to_dict("records"):
+        lines.append(f"{r['calibration_images']:>18} {r['method']:<10} {r['direction']:<9} {_frac(r.get('t2i_R@1_recovery')):>7} "
+                     f"{_frac(r.get('i2t_R@1_recovery')):>7} {_frac(r.get('image_agreement')):>7} {_frac(r.get('text_agreement')):>7}"
+                     + (f"  {r['note']}" if isinstance(r.get("note"), str) and r["note"] else ""))
+    return "\n".join(lines)
+
+
+def evaluation_bridges(ev: BridgeEvaluation, ridge: float = DEFAULT_RIDGE) -> dict[str, Bridge]:
+    """Every fitted map of an evaluation as a ``Bridge``, keyed ``<modality>-<method>-<direction>``."""
+    out = {}
+    for (method, direction), maps in ev.maps.items():
+        for modality, rows in (("image", maps.fit_images), ("text", maps.fit_texts)):
+            out[f"{modality}-{method}-{direction}"] = Bridge(getattr(maps, modality), method, direction, modality, len(rows),
+                                                             [int(r) for r in rows], ridge if method == "ridge" else None)
+    return out
+
+
+def save_evaluation(folder: str | os.PathLike, ev: BridgeEvaluation, curve=None, ridge: float = DEFAULT_RIDGE) -> list[Path]:
+    """Write every fitted map (``.npy`` + ``.json``), ``bridge.csv`` and ``learning_curve.csv`` into ``folder``."""
+    folder = Path(folder)
+    written = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, b in evaluation_bridges(ev, ridge).items():
+            written.extend(save(b, folder / name))
+        atomic_write_bytes(folder / "bridge.csv", ev.table.to_csv(index=False).encode("utf-8"))
+        written.append(folder / "bridge.csv")
+        if curve is not None:
+            atomic_write_bytes(folder / "learning_curve.csv", curve.to_csv(index=False).encode("utf-8"))
+            written.append(folder / "learning_curve.csv")
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write the bridge ({exc.strerror or exc})") from None
+    return written

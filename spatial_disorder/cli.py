@@ -7,6 +7,7 @@ Usage:
   sd-analyze check RUN --ref 0 --candidate -1 --thresholds FILE          two stages of a run
   sd-analyze check --reference RUN_A --candidate RUN_B --thresholds FILE  the same stage of two runs
   sd-analyze check --ref-image a.npy --ref-text b.npy --cand-image c.npy --cand-text d.npy --thresholds FILE
+  sd-analyze bridge RUN --ref 0 --candidate -1 [--save DIR]             fit and score a map old -> new (same inputs as check)
   sd-analyze info RUN_DIR               print what a run holds
   sd-analyze validate RUN_DIR [--finite]
 Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from .errors import InputError, SpatialDisorderError
 
-SUBCOMMANDS = ("analyze", "compare", "check", "info", "validate")
+SUBCOMMANDS = ("analyze", "compare", "check", "bridge", "info", "validate")
 
 
 def _stage_arg(value: str):
@@ -187,6 +188,26 @@ def _cmd_check(args) -> int:
     return code
 
 
+def _cmd_bridge(args) -> int:
+    from . import bridge
+
+    methods = bridge.METHODS if args.method == "all" else (args.method,)
+    directions = bridge.DIRECTIONS if args.direction == "all" else (args.direction,)
+    comps, _ = _check_comparisons(args)
+    results = [(c, *bridge.evaluate_comparison(c, methods, directions, args.fit_fraction, args.seed, args.ridge, args.curve))
+               for c in comps]  # every fit and score before anything is written
+    for c, ev, curve in results:
+        print(bridge.format_evaluation(ev, f"{c.label} [{c.probe}]"))
+        if curve is not None:
+            print(bridge.format_curve(curve))
+    if args.save:
+        for c, ev, curve in results:
+            folder = Path(args.save) / c.probe if len(results) > 1 else Path(args.save)
+            bridge.save_evaluation(folder, ev, curve, args.ridge)
+        print(f"maps: {args.save}")
+    return 0
+
+
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", default="0", help="reference stage (index or name; default 0)")
     p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set to analyse (repeatable; default all)")
@@ -235,6 +256,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slack", type=float, default=1.0, help="band widths between the band and a proposed threshold (default 1)")
     p.add_argument("--write-thresholds", metavar="FILE", help="with --calibrate: also write the proposed TOML to FILE")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("bridge", help="fit a map from the reference to the candidate space and score it against re-embedding")
+    p.add_argument("run", nargs="?", help="a run: bridge its stages --ref and --candidate")
+    p.add_argument("--ref", default="0", help="reference (old) stage of RUN (default 0)")
+    p.add_argument("--candidate", help="candidate (new) stage of RUN (default -1), or the candidate run with --reference")
+    p.add_argument("--reference", metavar="RUN_A", help="reference run (the same --stage of two runs)")
+    p.add_argument("--stage", default="-1", help="stage compared between two runs (default -1, the last)")
+    for side in ("ref", "cand"):
+        for mod in ("image", "text"):
+            p.add_argument(f"--{side}-{mod}", metavar="NPY", help=f"{'reference' if side == 'ref' else 'candidate'} {mod} embeddings (.npy)")
+    p.add_argument("--text-to-image", metavar="NPY", help="image row of every caption (.npy of ints; default: caption j <-> image j)")
+    p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set (repeatable; default all)")
+    p.add_argument("--method", default="all", choices=("orthogonal", "ridge", "all"), help="map to fit (default all)")
+    p.add_argument("--direction", default="all", choices=("index", "query", "all"),
+                   help="index: carry the old index into the new space; query: carry new queries into the old space (default all)")
+    p.add_argument("--fit-fraction", type=float, default=0.5, help="share of images in the calibration split (default 0.5)")
+    p.add_argument("--ridge", type=float, default=1e-2, help="ridge strength relative to the mean eigenvalue of A^T A (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration split (default 0)")
+    p.add_argument("--curve", action="store_true", help="also print the learning curve over calibration sizes 50, 100, 300, all")
+    p.add_argument("--save", metavar="DIR", help="write the fitted maps (.npy + .json), bridge.csv and learning_curve.csv")
+    p.set_defaults(func=_cmd_bridge, null=[])
 
     p = sub.add_parser("info", help="print what a run holds")
     p.add_argument("run_dir")

@@ -135,7 +135,7 @@ def fit_map(source, target, method: str = "orthogonal", ridge: float = DEFAULT_R
         raise InputError(f"{what}: {source.shape[0]} source rows but {target.shape[0]} target rows; the rows must be the same items")
     need = min_fit_rows(method, source.shape[1], target.shape[1])
     if source.shape[0] < need:
-        raise InputError(f"{what}: {source.shape[0]} rows are too few to fit a {method} map in {source.shape[1]} dimensions "
+        raise InputError(f"{what}: {source.shape[0]} rows are too few to fit the {method} map in {source.shape[1]} dimensions "
                          f"(needs at least {need}); calibrate on more items" + (" or use ridge" if method == "orthogonal" else ""))
     if method == "ridge" and not (np.isfinite(ridge) and ridge > 0):
         raise InputError(f"ridge strength must be a positive number, not {ridge}")
