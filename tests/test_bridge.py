@@ -1,0 +1,311 @@
+"""The bridge: cross-model retrieval, fitted maps scored on held-out items, the fit/apply/save/load API and
+`sd-analyze bridge`. Known answers come from planted maps on an anisotropic CLIP-like cloud."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spatial_disorder import bridge
+from spatial_disorder.cli import main
+from spatial_disorder.errors import InputError
+from spatial_disorder.metrics import bridge as mb
+from spatial_disorder.metrics.retrieval import retrieval_scores
+from spatial_disorder.run import ProbeSet, write_run
+from spatial_disorder.synthetic import planted_rotation, uniform_rotation
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clip_like(n=600, d=48, caption_noise=0.9, seed=0):
+    """Images and one caption each: a power-law spectrum in a random basis, a common mean (a cone), caption = image + noise."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    scales = (1.0 + np.arange(d)) ** -0.6
+    mean = rng.normal(size=d)
+    mean *= 1.2 * np.linalg.norm(scales) / np.linalg.norm(mean)
+    latent = rng.normal(size=(n, d)) * scales
+    img = latent @ basis.T + mean
+    txt = (latent + caption_noise * scales * rng.normal(size=(n, d))) @ basis.T + mean
+    return {"image": unit(img), "text": unit(txt)}, np.arange(n)
+
+
+def rotated(arrays, r, noise=0.02, seed=1):
+    """Both modalities turned by one common rotation plus faint fresh noise."""
+    rng = np.random.default_rng(seed)
+    d = r.shape[0]
+    return {m: unit(x @ r + noise / np.sqrt(d) * rng.normal(size=x.shape)) for m, x in arrays.items()}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    ref, t2i = clip_like()
+    return ref, rotated(ref, planted_rotation(ref["image"].shape[1], [70.0] * 20, seed=3)), t2i
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_planted_common_rotation_is_recovered(planted):
+    ref, cand, t2i = planted
+    ev = mb.evaluate_bridge(ref, cand, t2i, seed=0)
+    t = ev.table.set_index("setting")
+    assert 40 < t.at["new/new", "t2i_R@1"] < 95  # a task with room to fail
+    for setting in ("bridge orthogonal index", "bridge orthogonal query"):
+        for d in ("t2i", "i2t"):
+            assert t.at[setting, f"{d}_R@1"] >= 0.98 * t.at["new/new", f"{d}_R@1"]
+        assert t.at[setting, "image_agreement"] >= 0.97
+        assert t.at[setting, "text_agreement"] >= 0.97
+    m = ev.metrics
+    assert m["bridge_t2i_R@1_recovery"] >= 0.98 and m["bridge_i2t_R@1_recovery"] >= 0.98
+    assert m["cross_t2i_R@1"] < 0.5 * m["heldout_new_t2i_R@1"]  # without a map the old index is of little use
+
+
+def test_shuffling_30_percent_of_one_modality_gives_agreement_near_07():
+    ref, t2i = clip_like(n=1000, seed=4)
+    cand = rotated(ref, planted_rotation(48, [50.0] * 20, seed=5))
+    rng = np.random.default_rng(6)
+    moved = rng.choice(1000, 300, replace=False)
+    cand["image"][moved] = cand["image"][np.roll(moved, 1)]  # a cycle: every moved row lands on another item
+    m = mb.evaluate_bridge(ref, cand, t2i, seed=0, methods=("orthogonal",), directions=("index",)).metrics
+    assert abs(m["bridge_image_agreement"] - 0.7) < 0.07
+    assert m["bridge_text_agreement"] > 0.97
+
+
+def test_cross_retrieval_equals_old_old_without_drift_and_collapses_under_a_large_rotation():
+    ref, t2i = clip_like(n=400)
+    same = mb.cross_retrieval(ref, ref, t2i)
+    old = retrieval_scores(ref["image"], ref["text"], t2i)
+    for d in ("t2i", "i2t"):
+        for k in (1, 5, 10):
+            assert same[f"cross_{d}_R@{k}"] == pytest.approx(old[f"{d}_R@{k}"])
+    turned = {m: unit(x @ uniform_rotation(48, 90.0)) for m, x in ref.items()}
+    far = mb.cross_retrieval(ref, turned, t2i)
+    assert far["cross_t2i_R@1"] < 5 and far["cross_i2t_R@1"] < 5  # chance is 0.25 %
+    assert retrieval_scores(turned["image"], turned["text"], t2i)["t2i_R@1"] == pytest.approx(old["t2i_R@1"])
+
+
+def test_bct_criterion_and_recovery_without_drift():
+    ref, t2i = clip_like(n=300)
+    t = mb.evaluate_bridge(ref, ref, t2i).table.set_index("setting")
+    assert t.at["cross", "t2i_bct"] == 1 and t.at["cross", "i2t_bct"] == 1
+    assert t.at["cross", "t2i_R@1_recovery"] == pytest.approx(1.0)
+    assert t.at["bridge orthogonal index", "image_agreement"] == 1.0
+
+
+def test_scores_use_held_out_items_only(planted, monkeypatch):
+    ref, cand, t2i = planted
+    split = mb.calibration_split(t2i, len(t2i), seed=2)
+    base = mb.evaluate_bridge(ref, cand, t2i, split=split).table.set_index("setting")
+    # any change to calibration items moves the fitted maps, never the unmapped rows
+    noisy = {m: x.copy() for m, x in cand.items()}
+    rng = np.random.default_rng(9)
+    noisy["image"][split.fit_images] = unit(rng.normal(size=(len(split.fit_images), 48)))
+    noisy["text"][split.fit_texts] = unit(rng.normal(size=(len(split.fit_texts), 48)))
+    moved = mb.evaluate_bridge(ref, noisy, t2i, split=split).table.set_index("setting")
+    for setting in ("old/old", "new/new", "cross"):
+        assert moved.loc[setting, "t2i_R@1":"i2t_R@10"].tolist() == base.loc[setting, "t2i_R@1":"i2t_R@10"].tolist()
+    assert moved.at["bridge orthogonal index", "image_agreement"] < base.at["bridge orthogonal index", "image_agreement"] - 0.3
+    # every array that is scored holds held-out rows only
+    seen = []
+    real = mb.retrieval_ranks
+
+    def spy(images, texts, *args, **kw):
+        seen.append((len(images), len(texts)))
+        return real(images, texts, *args, **kw)
+
+    monkeypatch.setattr(mb, "retrieval_ranks", spy)
+    mb.evaluate_bridge(ref, cand, t2i, split=split)
+    held = len(split.held_images)
+    assert seen and all(shape == (held, held) for shape in seen)
+    held_new = retrieval_scores(cand["image"][split.held_images], cand["text"][split.held_texts], np.arange(held))
+    assert base.at["new/new", "t2i_R@1"] == pytest.approx(held_new["t2i_R@1"])
+
+
+@given(n_images=st.integers(2, 60), per=st.integers(1, 3), fraction=st.floats(0.05, 0.95), seed=st.integers(0, 99))
+def test_calibration_split_partitions_images_and_captions_follow(n_images, per, fraction, seed):
+    t2i = np.random.default_rng(seed).permutation(np.repeat(np.arange(n_images), per))
+    s = mb.calibration_split(t2i, n_images, fraction, seed)
+    assert sorted(np.concatenate([s.fit_images, s.held_images]).tolist()) == list(range(n_images))
+    assert len(s.fit_images) >= 1 and len(s.held_images) >= 1
+    assert set(t2i[s.fit_texts]) <= set(s.fit_images.tolist()) and set(t2i[s.held_texts]) <= set(s.held_images.tolist())
+    assert len(s.fit_texts) + len(s.held_texts) == len(t2i)
+    again = mb.calibration_split(t2i, n_images, fraction, seed)
+    assert np.array_equal(again.fit_images, s.fit_images)
+    assert np.array_equal(s.held_images[s.held_text_to_image()], t2i[s.held_texts])
+    assert set(s.prefix(1).fit_images.tolist()) <= set(s.fit_images.tolist())
+
+
+def test_fit_matches_scipy_and_ridge_approaches_it():
+    rng = np.random.default_rng(0)
+    a = unit(rng.normal(size=(500, 24)))
+    b = unit(a @ planted_rotation(24, [40.0] * 6, seed=1) + 0.1 * rng.normal(size=(500, 24)))
+    r = scipy.linalg.orthogonal_procrustes(a.astype(np.float64), b.astype(np.float64))[0]
+    assert np.allclose(mb.fit_map(a, b, block=77), r, atol=1e-6)
+    clean = unit(a @ planted_rotation(24, [40.0] * 6, seed=1))
+    assert np.allclose(mb.fit_map(a, clean, "ridge", ridge=1e-9), planted_rotation(24, [40.0] * 6, seed=1), atol=1e-4)
+
+
+def test_too_few_calibration_items_and_mismatched_items_raise():
+    ref, t2i = clip_like(n=60)
+    with pytest.raises(InputError, match="too few"):
+        mb.evaluate_bridge(ref, ref, t2i, fraction=0.5)  # 30 calibration images for 48 dimensions
+    short = {m: x[:-1] for m, x in ref.items()}
+    with pytest.raises(InputError, match="same items"):
+        mb.evaluate_bridge(ref, short, t2i)
+    with pytest.raises(InputError, match="too few"):
+        bridge.fit(ref["image"][:10], ref["image"][:10])
+
+
+def test_learning_curve_drops_impossible_sizes_and_explains_too_small_ones(planted):
+    ref, cand, t2i = planted  # 300 held-in images, d = 48
+    lc = mb.learning_curve(ref, cand, t2i, sizes=(20, 100, 1000, None))
+    assert sorted(set(lc["calibration_images"])) == [20, 100, 300]
+    small = lc[(lc["calibration_images"] == 20) & (lc["method"] == "orthogonal")].iloc[0]
+    assert np.isnan(small["t2i_R@1_recovery"]) and "too few" in small["note"]
+    assert lc[lc["method"] == "ridge"]["t2i_R@1_recovery"].notna().all()
+    full = lc[(lc["calibration_images"] == 300) & (lc["method"] == "orthogonal")].iloc[0]
+    ev = mb.evaluate_bridge(ref, cand, t2i)
+    assert full["t2i_R@1_recovery"] == pytest.approx(ev.metrics["bridge_t2i_R@1_recovery"])
+
+
+def test_bridge_metrics_is_a_flat_registrable_function(planted):
+    ref, cand, t2i = planted
+    m = mb.bridge_metrics(ref, cand, t2i, seed=1)
+    assert all(isinstance(v, float) for v in m.values())
+    for k in (1, 5, 10):
+        assert {f"cross_t2i_R@{k}", f"cross_i2t_R@{k}", f"bridge_t2i_R@{k}", f"bridge_i2t_R@{k}"} <= set(m)
+    assert {"bridge_t2i_R@1_recovery", "bridge_i2t_R@1_recovery", "bridge_image_agreement", "bridge_text_agreement"} <= set(m)
+
+
+# ---------------------------------------------------------------- API: apply, save, load
+
+
+@given(n=st.integers(1, 300), block=st.integers(1, 64), d_out=st.integers(2, 12), normalize=st.booleans())
+def test_blocked_apply_equals_the_dense_product(tmp_path_factory, n, block, d_out, normalize):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    b = bridge.Bridge(rng.normal(size=(8, d_out)), method="ridge")
+    dense = x.astype(np.float64) @ b.matrix
+    if normalize:
+        dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    assert np.allclose(b.apply(x, normalize=normalize, block=block), dense, atol=1e-5)
+    folder = tmp_path_factory.mktemp("apply")
+    np.save(folder / "old.npy", x)
+    bridge.apply_npy(b, folder / "old.npy", folder / "new.npy", normalize=normalize, block=block)
+    assert np.allclose(np.load(folder / "new.npy"), dense, atol=1e-5)
+
+
+def test_apply_faiss_builds_the_bridged_flat_index():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(257, 16)))
+    ix = faiss.IndexFlatIP(16)
+    ix.add(x)
+    b = bridge.Bridge(planted_rotation(16, [30.0] * 4))
+    out = bridge.apply_faiss(b, ix, block=50)
+    assert out.ntotal == 257 and out.metric_type == ix.metric_type
+    assert np.allclose(out.reconstruct_n(0, 257), x @ b.matrix, atol=1e-5)
+    with pytest.raises(InputError, match="dimension"):
+        bridge.apply_faiss(bridge.Bridge(np.eye(8)), ix)
+
+
+def test_save_load_round_trip_and_checksum(tmp_path):
+    rng = np.random.default_rng(0)
+    a = unit(rng.normal(size=(200, 16)))
+    b = bridge.fit(a, unit(a @ planted_rotation(16, [20.0] * 4)), rows=np.arange(0, 200, 2), modality="image")
+    npy, side = bridge.save(b, tmp_path / "maps" / "image")
+    back = bridge.load(tmp_path / "maps" / "image.json")
+    assert np.array_equal(back.matrix, b.matrix)
+    assert (back.method, back.direction, back.modality, back.n_fit, back.fit_rows) == ("orthogonal", "index", "image", 100, list(range(0, 200, 2)))
+    meta = json.loads(side.read_text())
+    assert (meta["d_in"], meta["d_out"]) == (16, 16)
+    np.save(npy, b.matrix * 2)  # changed behind the sidecar's back
+    with pytest.raises(InputError, match="checksum"):
+        bridge.load(npy)
+    npy.unlink()
+    with pytest.raises(InputError, match="does not exist"):
+        bridge.load(side)
+
+
+def test_bad_maps_are_refused():
+    with pytest.raises(InputError, match="NaN or inf"):
+        bridge.Bridge(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(InputError, match="matrix"):
+        bridge.Bridge(np.ones(4))
+    with pytest.raises(InputError, match="dimension"):
+        bridge.Bridge(np.eye(4)).apply(np.ones((3, 5), dtype=np.float32))
+
+
+def test_apply_npy_with_bad_input_writes_nothing(tmp_path):
+    np.save(tmp_path / "old.npy", np.ones((10, 5), dtype=np.float32))
+    with pytest.raises(InputError, match="dimension 5"):
+        bridge.apply_npy(bridge.Bridge(np.eye(4)), tmp_path / "old.npy", tmp_path / "new.npy")
+    bad = np.ones((10, 4), dtype=np.float32)
+    bad[7, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(InputError, match="NaN"):
+        bridge.apply_npy(bridge.Bridge(np.eye(4)), tmp_path / "bad.npy", tmp_path / "new.npy", block=3)
+    assert sorted(os.listdir(tmp_path)) == ["bad.npy", "old.npy"]
+
+
+# ---------------------------------------------------------------- sd-analyze bridge
+
+
+@pytest.fixture(scope="module")
+def bridge_run(tmp_path_factory):
+    ref, _ = clip_like(n=240, d=32, seed=7)
+    cand = rotated(ref, planted_rotation(32, [60.0] * 12, seed=8))
+    root = tmp_path_factory.mktemp("bridge-cli")
+    probe = ProbeSet.from_pairs("val", [f"caption {i}" for i in range(240)])
+    run = write_run(root / "run", probe, {"old": {"val": ref}, "new": {"val": cand}}, metadata={"model": "toy"})
+    for side, arrays in (("ref", ref), ("cand", cand)):
+        for m, x in arrays.items():
+            np.save(root / f"{side}_{m}.npy", x)
+    return root, run
+
+
+def test_cli_bridge_prints_the_table_and_saves_loadable_maps(bridge_run, tmp_path, capsys, monkeypatch):
+    root, run = bridge_run
+    monkeypatch.chdir(tmp_path)
+    assert main(["bridge", str(run), "--ref", "0", "--candidate", "-1", "--save", "maps", "--curve"]) == 0
+    out = capsys.readouterr().out
+    assert "bridge orthogonal index" in out and "120 held out" in out
+    saved = bridge.load("maps/image-orthogonal-index")
+    assert saved.direction == "index" and saved.n_fit == 120
+    table = (tmp_path / "maps" / "bridge.csv").read_text()
+    assert "cross" in table and (tmp_path / "maps" / "learning_curve.csv").exists()
+    # the same numbers from bare arrays
+    args = [f"--{s}-{m}={root / (s + '_' + m + '.npy')}" for s in ("ref", "cand") for m in ("image", "text")]
+    assert main(["bridge", *args, "--method", "orthogonal", "--direction", "index"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("bridge orthogonal index")]
+    assert line and line[0] in out
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("too_small", "too few"),
+    ("mismatch", "shape"),
+    ("one_modality", "lack"),
+    ("unknown_stage", "stage"),
+])
+def test_cli_bridge_bad_input_exits_2_with_one_line_and_writes_nothing(bridge_run, tmp_path, capsys, monkeypatch, case, needle):
+    root, run = bridge_run
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "short.npy", np.load(root / "cand_image.npy")[:-3])
+    argv = {
+        "too_small": ["bridge", str(run), "--fit-fraction", "0.05"],
+        "mismatch": ["bridge", f"--ref-image={root / 'ref_image.npy'}", f"--cand-image={tmp_path / 'short.npy'}",
+                     f"--ref-text={root / 'ref_text.npy'}", f"--cand-text={root / 'cand_text.npy'}"],
+        "one_modality": ["bridge", f"--ref-image={root / 'ref_image.npy'}", f"--cand-image={root / 'cand_image.npy'}"],
+        "unknown_stage": ["bridge", str(run), "--candidate", "nope"],
+    }[case]
+    assert main([*argv, "--save", "maps"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert sorted(os.listdir(tmp_path)) == ["short.npy"]
