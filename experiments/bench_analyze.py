@@ -12,9 +12,15 @@ mode's own) and prints times as ratios measured in the same run:
   ivf       recall@k of the approximate faiss-ivf backend on one stage, against exact search
   naive     sklearn NearestNeighbors (brute, cosine) + scipy orthogonal_procrustes + a full similarity
             matrix for retrieval (skipped above --naive-max items: it needs an n x n matrix)
+  e2e       `sd-analyze RUN --backend faiss` end to end: analysis, report (figures, HTML, metrics.json), writing
+  e2e-fast  the same with --fast
+
+Shapes: ``--captions C`` captions per image, ``--probes P`` probe sets of n images each. The COCO-test shape is
+``--n 5000 --captions 5 --d 512 --stages 6``; the quickstart shape ``--n 300 --captions 4 --probes 3 --d 64``.
 
 Usage:
   python experiments/bench_analyze.py --n 10000 100000 --d 512 --stages 6 [--threads 2] [--modes ...]
+  python experiments/bench_analyze.py --n 5000 --captions 5 --d 512 --modes baseline exact e2e e2e-fast
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -32,30 +39,38 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("baseline", "searches", "exact", "fast", "ivf", "naive")
+MODES = ("baseline", "searches", "exact", "fast", "ivf", "naive", "e2e", "e2e-fast")
 
 
 # --- data ---------------------------------------------------------------------------------------------
-def make_run(path: Path, n: int, d: int, stages: int, seed: int = 0) -> Path:
+def probe_names(n_probes: int) -> list[str]:
+    return ["bench"] if n_probes == 1 else [f"bench{p}" for p in range(n_probes)]
+
+
+def make_run(path: Path, n: int, d: int, stages: int, seed: int = 0, captions: int = 1, n_probes: int = 1) -> Path:
     """Write a run stage by stage (only one stage in memory at a time)."""
     import pandas as pd
 
     from spatial_disorder.run import ProbeSet, RunWriter
     from spatial_disorder.synthetic import planted_rotation, structured_embeddings
 
-    img, txt, t2i = structured_embeddings(n, 1, d, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    r_img = planted_rotation(d, [6.0, 4.0, 2.0], seed=seed + 2)
-    r_txt = planted_rotation(d, [5.0, 3.0], seed=seed + 3)
-    ps = ProbeSet.from_captions("bench", pd.DataFrame({"id": [f"i{i}" for i in range(n)]}), [["c"]] * n)
-    writer = RunWriter.create(path, metadata={"model": "synthetic-bench", "n": n, "d": d})
-    writer.add_probe(ps)
-    cur_i, cur_t = img.astype(np.float32), txt.astype(np.float32)
+    r_img = planted_rotation(d, [6.0, 4.0, 2.0], seed=seed + 2).astype(np.float32)
+    r_txt = planted_rotation(d, [5.0, 3.0], seed=seed + 3).astype(np.float32)
+    writer = RunWriter.create(path, metadata={"model": "synthetic-bench", "n": n, "d": d, "captions": captions})
+    cur = {}
+    for p, name in enumerate(probe_names(n_probes)):
+        img, txt, t2i = structured_embeddings(n, captions, d, seed=seed + 10 * p)
+        caps = [[f"caption {j} of image {i}" for j in range(captions)] for i in range(n)]
+        writer.add_probe(ProbeSet.from_captions(name, pd.DataFrame({"id": [f"i{i}" for i in range(n)]}), caps))
+        cur[name] = {"image": img.astype(np.float32), "text": txt.astype(np.float32)}
+    noise = 0.15 / np.sqrt(d)
     for t in range(stages):
         if t:
-            cur_i = (cur_i @ r_img.astype(np.float32)) + (0.15 / np.sqrt(d)) * rng.standard_normal(cur_i.shape, dtype=np.float32)
-            cur_t = (cur_t @ r_txt.astype(np.float32)) + (0.15 / np.sqrt(d)) * rng.standard_normal(cur_t.shape, dtype=np.float32)
-        writer.write_stage(f"stage{t}", {"bench": {"image": cur_i, "text": cur_t}})
+            for arrays in cur.values():
+                arrays["image"] = arrays["image"] @ r_img + noise * rng.standard_normal(arrays["image"].shape, dtype=np.float32)
+                arrays["text"] = arrays["text"] @ r_txt + noise * rng.standard_normal(arrays["text"].shape, dtype=np.float32)
+        writer.write_stage(f"stage{t}", cur)
     return path
 
 
@@ -76,8 +91,8 @@ def mode_baseline(run, k, cross=False):
     import faiss
 
     total = total_cpu = 0.0
-    for s in run.stages:
-        x = {m: unit(run.embeddings(s, "bench", m)) for m in ("image", "text")}
+    for s, probe in ((s, p) for s in run.stages for p in run.probes):
+        x = {m: unit(run.embeddings(s, probe, m)) for m in ("image", "text")}
         searches = [("image", "image", k + 1), ("text", "text", k + 1)] + ([("text", "image", k)] if cross else [])
         for queries, database, kk in searches:
             t, c = time.perf_counter(), cpu()
@@ -108,10 +123,32 @@ def mode_analysis(run, k, fast):
             "queries": res.meta["knn_queries"], "recall": recall, "recall_ci": res.meta.get("retrieval_ci95", {})}
 
 
+def mode_e2e(run, fast):
+    """`sd-analyze RUN` as a user runs it (the faiss backend), into a temporary report folder."""
+    import contextlib
+    import io
+
+    from spatial_disorder.cli import main as sd_analyze
+
+    args = [str(run.path), "--backend", "faiss"] + (["--fast"] if fast else [])
+    with tempfile.TemporaryDirectory() as out:
+        buf = io.StringIO()
+        t, c = time.perf_counter(), cpu()
+        with contextlib.redirect_stdout(buf):
+            code = sd_analyze([*args, "--out", str(Path(out) / "report")])
+        seconds, cpu_seconds = time.perf_counter() - t, cpu() - c
+        written = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    if code:
+        raise SystemExit(f"sd-analyze exited with {code}")
+    m = re.search(r"analysis ([\d.]+) s, report ([\d.]+) s", buf.getvalue())
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "analysis_s": float(m.group(1)), "report_s": float(m.group(2)),
+            "written_mb": written / 1e6}
+
+
 def mode_ivf(run, k):
     from spatial_disorder.knn import get_backend
 
-    x = unit(run.embeddings(run.stages[-1], "bench", "image"))
+    x = unit(run.embeddings(run.stages[-1], next(iter(run.probes)), "image"))
     t, c = time.perf_counter(), cpu()
     _, approx = get_backend("faiss-ivf", nprobe=16).topk(x, x, k, exclude_self=True, normalized=True)
     seconds, cpu_seconds = time.perf_counter() - t, cpu() - c
@@ -124,9 +161,9 @@ def mode_naive(run, k, naive_max):
     from scipy.linalg import orthogonal_procrustes
     from sklearn.neighbors import NearestNeighbors
 
-    n = run.probes["bench"].n_images
+    n = run.probes[next(iter(run.probes))].n_images
     t, c = time.perf_counter(), cpu()
-    data = {(s, m): unit(run.embeddings(s, "bench", m)) for s in run.stages for m in ("image", "text")}
+    data = {(s, m): unit(run.embeddings(s, next(iter(run.probes)), m)) for s in run.stages for m in ("image", "text")}
     knn = {key: NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(x).kneighbors(x)[1][:, 1:]
            for key, x in data.items()}
     pairs = [(run.stages[0], s) for s in run.stages[1:]] + [(a, b) for a, b in zip(run.stages[1:], run.stages[2:])]
@@ -155,6 +192,8 @@ def child(args) -> None:
         out = mode_baseline(run, args.k, cross=args.child == "searches")
     elif args.child in ("exact", "fast"):
         out = mode_analysis(run, args.k, args.child == "fast")
+    elif args.child in ("e2e", "e2e-fast"):
+        out = mode_e2e(run, args.child == "e2e-fast")
     elif args.child == "ivf":
         out = mode_ivf(run, args.k)
     else:
@@ -184,6 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--stages", type=int, default=6)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--captions", type=int, default=1, help="captions per image (COCO: 5)")
+    p.add_argument("--probes", type=int, default=1, help="probe sets of n images each (the quickstart has 3)")
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads in every mode")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--naive-max", type=int, default=20000, help="largest n for the naive full-matrix retrieval")
@@ -197,11 +238,11 @@ def main(argv=None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sd-bench-"))
     try:
         for n in args.n:
-            run_path = work / f"run-n{n}-d{args.d}"
+            run_path = work / f"run-n{n}-d{args.d}-c{args.captions}-p{args.probes}-s{args.stages}"
             if not (run_path / "run.json").exists():
                 shutil.rmtree(run_path, ignore_errors=True)
                 t = time.perf_counter()
-                make_run(run_path, n, args.d, args.stages)
+                make_run(run_path, n, args.d, args.stages, captions=args.captions, n_probes=args.probes)
                 print(f"# n={n}: wrote a {args.stages}-stage run in {time.perf_counter() - t:.1f} s", flush=True)
             results = {}
             for mode in args.modes:
@@ -217,7 +258,8 @@ def main(argv=None) -> int:
 def report(n, args, r) -> None:
     base = r.get("baseline", {}).get("seconds")
     base_cpu = r.get("baseline", {}).get("cpu_seconds")
-    print(f"\n## n = {n}, d = {args.d}, stages = {args.stages}, k = {args.k}, threads = {args.threads}")
+    print(f"\n## n = {n} images x {args.captions} captions x {args.probes} probe sets, d = {args.d}, stages = {args.stages}, "
+          f"k = {args.k}, threads = {args.threads}")
     print("wall = elapsed seconds; cpu = CPU seconds of all threads (steadier when other jobs share the machine)")
     print(f"{'mode':<10}{'wall s':>9}{'/ base':>8}{'cpu s':>9}{'/ base':>8}{'peak RSS GB':>13}  notes")
     for mode, res in r.items():
@@ -234,6 +276,10 @@ def report(n, args, r) -> None:
                 searches = r["searches"]
                 notes += (f"; wall / cpu against all searches {res['seconds'] / searches['seconds']:.2f}"
                           f" / {res['cpu_seconds'] / searches['cpu_seconds']:.2f}")
+        elif mode in ("e2e", "e2e-fast"):
+            notes = f"analysis {res['analysis_s']:.1f}s, report {res['report_s']:.1f}s, {res['written_mb']:.1f} MB written"
+            if "exact" in r:
+                notes += f"; / analyze_run alone {res['seconds'] / r['exact']['seconds']:.2f}"
         elif mode == "ivf":
             notes = f"recall@{args.k} = {res['recall_at_k']:.3f} (one stage, image)"
         elif mode == "naive":
