@@ -62,6 +62,7 @@ def test_planted_common_rotation_is_recovered(planted):
             assert t.at[setting, f"{d}_R@1"] >= 0.98 * t.at["new/new", f"{d}_R@1"]
         assert t.at[setting, "image_agreement"] >= 0.97
         assert t.at[setting, "text_agreement"] >= 0.97
+        assert t.at[setting, "image_residual_frac"] < 0.05  # the drift is rigid: the map leaves almost none of it
     m = ev.metrics
     assert m["bridge_t2i_R@1_recovery"] >= 0.98 and m["bridge_i2t_R@1_recovery"] >= 0.98
     assert m["cross_t2i_R@1"] < 0.5 * m["heldout_new_t2i_R@1"]  # without a map the old index is of little use
@@ -89,6 +90,14 @@ def test_cross_retrieval_equals_old_old_without_drift_and_collapses_under_a_larg
     far = mb.cross_retrieval(ref, turned, t2i)
     assert far["cross_t2i_R@1"] < 5 and far["cross_i2t_R@1"] < 5  # chance is 0.25 %
     assert retrieval_scores(turned["image"], turned["text"], t2i)["t2i_R@1"] == pytest.approx(old["t2i_R@1"])
+
+
+def test_residual_frac_known_answers():
+    rng = np.random.default_rng(0)
+    a, b = unit(rng.normal(size=(50, 6))), unit(rng.normal(size=(50, 6)))
+    assert mb.residual_frac(a, a, b) == pytest.approx(1.0)  # a map that moves nothing leaves all the drift
+    assert mb.residual_frac(a, b, b) == 0.0
+    assert np.isnan(mb.residual_frac(a[:, :5], b, b))
 
 
 def test_bct_criterion_and_recovery_without_drift():

@@ -246,15 +246,27 @@ def score_bridge(ref_held: dict, cand_held: dict, held_t2i, maps: BridgeMaps, ks
         img_index = apply_map(ref_held["image"], maps.image)
         txt_index = apply_map(ref_held["text"], maps.text)
         ranks = paired_ranks((img_index, cand_held["text"]), (cand_held["image"], txt_index), held_t2i)
-        agree = {m: agreement(c, cand_held[m]) for m, c in (("image", img_index), ("text", txt_index))}
+        carried, target, source = {"image": img_index, "text": txt_index}, cand_held, ref_held
     else:  # new queries carried into the old space; old index untouched
         img_query = apply_map(cand_held["image"], maps.image)
         txt_query = apply_map(cand_held["text"], maps.text)
         ranks = paired_ranks((ref_held["image"], txt_query), (img_query, ref_held["text"]), held_t2i)
-        agree = {m: agreement(c, ref_held[m]) for m, c in (("image", img_query), ("text", txt_query))}
+        carried, target, source = {"image": img_query, "text": txt_query}, ref_held, cand_held
     out = recall_at(ranks, ks)
-    out["image_agreement"], out["text_agreement"] = agree["image"], agree["text"]
+    for m in MODALITIES:
+        out[f"{m}_agreement"] = agreement(carried[m], target[m])
+        out[f"{m}_residual_frac"] = residual_frac(source[m], carried[m], target[m])
     return out
+
+
+def residual_frac(source: np.ndarray, carried: np.ndarray, target: np.ndarray) -> float:
+    """||carried - target||^2 / ||source - target||^2: the share of the drift the map leaves (1 - the rigid
+    share for an orthogonal map); NaN when the spaces differ in dimension or nothing moved."""
+    if source.shape != target.shape:
+        return float("nan")
+    moved = float(np.sum((source.astype(np.float64) - target) ** 2))
+    left = float(np.sum((carried.astype(np.float64) - target) ** 2))
+    return left / moved if moved > 0 else float("nan")
 
 
 @dataclass
@@ -344,6 +356,8 @@ def flat_metrics(ev: BridgeEvaluation, ks=DEFAULT_KS) -> dict[str, float]:
         out.update({f"bridge_{d}_compatible": float(t.at[name, f"{d}_bct"]) for d in ("t2i", "i2t")})
         out["bridge_image_agreement"] = float(t.at[name, "image_agreement"])
         out["bridge_text_agreement"] = float(t.at[name, "text_agreement"])
+        out["bridge_image_residual_frac"] = float(t.at[name, "image_residual_frac"])
+        out["bridge_text_residual_frac"] = float(t.at[name, "text_residual_frac"])
     out["bridge_fit_images"] = float(len(ev.split.fit_images))
     out["bridge_heldout_images"] = float(len(ev.split.held_images))
     return out
@@ -386,7 +400,7 @@ def learning_curve(reference: dict, candidate: dict, text_to_image, sizes=CURVE_
         rows["calibration_images"] = n
         frames.append(rows)
     cols = ["calibration_images", "method", "direction", "fit_texts", "t2i_R@1", "i2t_R@1", "t2i_R@1_recovery",
-            "i2t_R@1_recovery", "image_agreement", "text_agreement", "held_images", "note"]
+            "i2t_R@1_recovery", "image_agreement", "text_agreement", "image_residual_frac", "text_residual_frac", "held_images", "note"]
     if not frames:
         return pd.DataFrame(columns=cols)
     out = pd.concat(frames, ignore_index=True)
