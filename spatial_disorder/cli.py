@@ -10,7 +10,7 @@ Usage:
   sd-analyze bridge RUN --ref 0 --candidate -1 [--save DIR]             fit and score a map old -> new (same inputs as check)
   sd-analyze info RUN_DIR               print what a run holds
   sd-analyze validate RUN_DIR [--finite]
-Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
+Exit codes: 0 success, 1 a check failed (nothing else), 2 bad input, usage or any other error.
 """
 
 from __future__ import annotations
@@ -34,6 +34,29 @@ def _stage_arg(value: str):
 
 def _interactive() -> bool:
     return sys.stderr.isatty()
+
+
+def _write_output(path, data: bytes) -> None:
+    """Write one output file atomically, creating its folder first (a fresh CI checkout has no reports/)."""
+    from .run.atomic import atomic_write_bytes
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _append_output(path, text: str) -> None:
+    """Append to a file (the GitHub step summary), creating its folder first."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot append the step summary ({exc.strerror or exc})") from None
 
 
 def _cmd_info(args) -> int:
@@ -146,25 +169,36 @@ def _cmd_check(args) -> int:
         null_band,
         propose,
         to_toml,
+        unavailable,
     )
-    from .run.atomic import atomic_write_bytes
 
     if not args.calibrate and not args.thresholds:
         raise InputError("--thresholds FILE is required (or --calibrate to propose one)")
     checks = load_thresholds(args.thresholds) if args.thresholds else []  # bad TOML fails before any work
     comps, nulls = _check_comparisons(args)
     label = comps[0].label
+    present = {m for c in comps for m in c.reference} | ({"cross"} if all(len(c.reference) == 2 for c in comps) else set())
+    missing = unavailable(checks, present)
+    if missing:
+        which = ", ".join(f"#{i} ({c.metric}, modality {c.modality!r})" for i, c in missing)
+        have = " and ".join(m for m in ("image", "text") if m in present)
+        raise InputError(f"{args.thresholds}: check(s) {which} cannot be evaluated on {have} embeddings only "
+                         "(cross-modal metrics need both image and text); give both modalities or remove those checks")
     if args.calibrate:
         band = null_band([comps, *nulls], replicates=args.replicates, fraction=args.fraction, seed=args.seed, k=args.k,
                          fast=args.fast, backend=args.backend)
-        proposed = propose(band, slack=args.slack)
+        skipped: list = []
+        proposed = propose(band, slack=args.slack, skipped=skipped)
         header = (f"Thresholds proposed by sd-analyze check --calibrate from {label}"
                   f"{' and ' + str(len(nulls)) + ' null run(s)' if nulls else ''}: null band over {args.replicates} item subsamples "
-                  f"({args.fraction:.0%} of images each), one band width (x{args.slack:g}) beyond its worse edge.\n"
+                  f"({args.fraction:.0%} of images each), one band width (x{args.slack:g}) beyond the worse edge of the band, "
+                  "the comparison itself and identical inputs (so both pass).\n"
                   "Review before use; delete the checks you do not want.")
+        if skipped:
+            header += "\nNot proposed:" + "".join(f"\n  {m} [{p}/{mod}]: {why}" for p, mod, m, why in skipped)
         text = to_toml(proposed, header)
         if args.write_thresholds:
-            atomic_write_bytes(Path(args.write_thresholds), text.encode("utf-8"))
+            _write_output(args.write_thresholds, text.encode("utf-8"))
             print(f"wrote {len(proposed)} checks to {args.write_thresholds}", file=sys.stderr)
         print(text, end="")
         return 0
@@ -176,15 +210,14 @@ def _cmd_check(args) -> int:
         print(r.line())
     c = counts(results)
     code = exit_code(results)
-    print(f"{'FAILED' if code else 'PASSED'}: {c['pass']} passed, {c['warn']} warnings, {c['fail']} failed")
-    if args.junit:
-        atomic_write_bytes(Path(args.junit), junit_xml(results, elapsed_s=time.perf_counter() - t))
+    if args.junit:  # outputs first: a verdict is only printed once everything it reports is on disk
+        _write_output(args.junit, junit_xml(results, elapsed_s=time.perf_counter() - t))
     summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_path:
+        _append_output(summary_path, markdown_summary(results, title=f"Spatial-disorder gate: {label}"))
         for line in annotations(results, file=args.thresholds):
             print(line)
-        with open(summary_path, "a", encoding="utf-8") as fh:
-            fh.write(markdown_summary(results, title=f"Spatial-disorder gate: {label}"))
+    print(f"{'FAILED' if code else 'PASSED'}: {c['pass']} passed, {c['warn']} warnings, {c['fail']} failed")
     return code
 
 
@@ -311,6 +344,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # never exit 1, the code of a failed check: CI would read a crash as drift
+        if os.environ.get("SD_ANALYZE_TRACEBACK"):
+            raise
+        print(f"error: {_one_line(exc)} (set SD_ANALYZE_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """An unexpected exception as one line: the file it names (if any), its type and the first line of its message."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

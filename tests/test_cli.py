@@ -1,14 +1,21 @@
 """`sd-analyze` end to end: exit codes, files written, --out, compare, and every mode of the gate."""
 
 import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spatial_disorder.cli import main
 from spatial_disorder.gate import load_thresholds
-from spatial_disorder.run import ProbeSet, write_run
+from spatial_disorder.run import ProbeSet, RunWriter, write_run
 from spatial_disorder.synthetic import uniform_rotation as plane_rotation
 
 
@@ -209,3 +216,103 @@ def test_calibrate_with_a_null_run(runs, tmp_path, capsys):
     assert main(["check", "--reference", str(runs["a"]), "--candidate", str(runs["b"]), "--stage", "1", "--null", str(runs["b"]),
                  "--calibrate", "--replicates", "2"]) == 0
     assert "[[check]]" in capsys.readouterr().out
+
+
+# --- check: outputs, errors and the README's CI example --------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_ci_command() -> list[str]:
+    """The sd-analyze command of the README's GitHub Actions example, continuation lines joined, as argv."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Gate a model update in CI.*?```yaml\n(.*?)```", text, re.S).group(1)
+    command = re.search(r"(sd-analyze check .*?)(?:\n(?!\s*-)|$)", block.replace("\\\n", " "), re.S).group(1)
+    return shlex.split(command)
+
+
+def write_small_run(path, angle):
+    img, txt = base_arrays()
+    probe = ProbeSet.from_pairs("val", [f"caption {i}" for i in range(len(img))])
+    w = RunWriter.create(path, metadata={"model": "toy"})
+    w.add_probe(probe)
+    for name, th in (("stage0", 0.0), ("stage1", angle)):
+        w.write_stage(name, {"val": {"image": unit(img @ plane_rotation(8, th).T), "text": unit(txt @ plane_rotation(8, th).T)}})
+
+
+def sd_analyze_argv(argv):
+    """How a user runs the installed command (the console script, else the module)."""
+    script = shutil.which("sd-analyze", path=str(Path(sys.executable).parent))
+    return ([script] if script else [sys.executable, "-m", "spatial_disorder.cli"]) + argv[1:]
+
+
+def test_gate_readme_github_actions_example_runs_as_written(tmp_path):
+    argv = readme_ci_command()
+    assert argv[:2] == ["sd-analyze", "check"] and "reports/sd-gate.xml" in argv
+    # a fresh checkout: the example thresholds, two runs, no reports/ folder
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(ROOT / "experiments" / "gate.example.toml", tmp_path / "experiments")
+    write_small_run(tmp_path / "runs" / "baseline", 3.0)
+    write_small_run(tmp_path / "runs" / "candidate", 5.0)
+    summary = tmp_path / "step_summary.md"
+    env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
+    env.pop("SD_ANALYZE_TRACEBACK", None)
+    proc = subprocess.run(sd_analyze_argv(argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    # the candidate turns 2 degrees further than the baseline: every check of the example passes
+    passed = [line for line in proc.stdout.splitlines() if line.startswith("PASS ")]
+    assert proc.stdout.endswith(f"PASSED: {len(passed)} passed, 0 warnings, 0 failed\n") and len(passed) >= 6
+    root = ET.parse(tmp_path / "reports" / "sd-gate.xml").getroot()
+    assert root.get("tests") == str(len(passed)) and root.get("failures") == "0"
+    assert "✅ passed" in summary.read_text(encoding="utf-8")
+
+
+def test_gate_junit_creates_missing_folder(runs, tmp_path, capsys, monkeypatch):
+    summary = tmp_path / "ci" / "summary" / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.chdir(tmp_path)
+    fail = thresholds(tmp_path, ROTATION_MAX.format(max=24.5, sev="fail"), "fail.toml")
+    assert main(["check", str(runs["a"]), "--thresholds", fail, "--junit", "reports/nested/sd-gate.xml"]) == 1
+    assert ET.parse(tmp_path / "reports" / "nested" / "sd-gate.xml").getroot().get("failures") == "1"
+    assert "❌ failed" in summary.read_text(encoding="utf-8")
+    assert main(["check", str(runs["a"]), "--candidate", "s1", "--calibrate", "--replicates", "2", "--write-thresholds",
+                 "gates/new/gate.toml"]) == 0
+    assert load_thresholds(tmp_path / "gates" / "new" / "gate.toml")
+
+
+def test_gate_unwritable_junit_exits_2_not_1(runs, tmp_path, capsys):
+    (tmp_path / "taken.xml").mkdir()  # the output path is a folder
+    ok = thresholds(tmp_path, ROTATION_MAX.format(max=25.5, sev="fail"))
+    assert main(["check", str(runs["a"]), "--thresholds", ok, "--junit", str(tmp_path / "taken.xml")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error:") and "taken.xml" in err and "cannot write" in err and len(err.splitlines()) == 1
+    assert "PASSED" not in captured.out  # no verdict is printed for outputs that were not written
+
+
+def test_gate_unexpected_error_exits_2_with_one_line(runs, tmp_path, capsys, monkeypatch):
+    import spatial_disorder.gate as gate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something unforeseen\nsecond line")
+
+    monkeypatch.delenv("SD_ANALYZE_TRACEBACK", raising=False)
+    monkeypatch.setattr(gate, "analyse", broken)
+    ok = thresholds(tmp_path, ROTATION_MAX.format(max=25.5, sev="fail"))
+    assert main(["check", str(runs["a"]), "--thresholds", ok]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: RuntimeError: something unforeseen") and len(err.splitlines()) == 1
+
+
+def test_gate_one_modality_arrays(tmp_path, capsys):
+    img, _ = base_arrays()
+    np.save(tmp_path / "a.npy", img)
+    a = str(tmp_path / "a.npy")
+    example = str(ROOT / "experiments" / "gate.example.toml")
+    # the example thresholds hold cross-modal checks: image arrays alone cannot serve them (bad input, not drift)
+    assert main(["check", "--ref-image", a, "--cand-image", a, "--thresholds", example]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {example}: check(s) #3 (rotation_mismatch_mean_deg") and len(err.splitlines()) == 1
+    assert "#1" not in err and "#2" not in err  # the intra-modal checks are fine on image arrays
+    image_only = thresholds(tmp_path, OVERLAP + ROTATION_MAX.format(max=0.5, sev="fail"))
+    assert main(["check", "--ref-image", a, "--cand-image", a, "--thresholds", image_only]) == 0
+    assert "PASSED: 2 passed" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spatial_disorder.errors import InputError
@@ -25,8 +25,10 @@ from spatial_disorder.gate import (
     propose,
     to_toml,
 )
-from spatial_disorder.gate.calibrate import subsample
-from spatial_disorder.metrics.registry import METRICS
+from spatial_disorder.gate.calibrate import BAND_COLUMNS, analyse, identical, null_band, subsample
+from spatial_disorder.gate.evaluate import unavailable
+from spatial_disorder.metrics.registry import METRICS, value_range
+from spatial_disorder.synthetic import uniform_rotation
 
 
 def summary(rows):
@@ -152,6 +154,23 @@ def test_nan_and_unmatched_take_the_severity():
     assert "NaN" in res[0].reason and "no value" in res[1].reason
 
 
+def test_gate_check_on_a_metric_absent_from_the_summary_does_not_crash():
+    # an image-only comparison has no cross-modal rows: the selection is empty (it used to raise KeyError 'modality')
+    (c,) = parse_thresholds('[[check]]\nmetric = "t2i_R@1_delta"\nmin = -5\n')
+    (r,) = evaluate(SUMMARY[SUMMARY["modality"] == "image"], [c])
+    assert r.status == "fail" and r.value is None and "no value" in r.reason
+
+
+def test_gate_unavailable_lists_checks_the_modalities_cannot_serve():
+    checks = parse_thresholds(
+        '[[check]]\nmetric = "knn_overlap_mean"\nmin = 0.6\n'  # intra, any modality: image is enough
+        '[[check]]\nmetric = "knn_overlap_mean"\nmin = 0.6\nmodality = "text"\n'
+        '[[check]]\nmetric = "flips_t2i_lost"\nmax = 0.2\n'
+    )
+    assert [i for i, _ in unavailable(checks, {"image"})] == [2, 3]
+    assert unavailable(checks, {"image", "text", "cross"}) == []
+
+
 # --- JUnit and GitHub -------------------------------------------------------------------------------------
 def _results():
     checks = parse_thresholds(
@@ -207,7 +226,7 @@ def test_propose_puts_bounds_one_band_width_beyond_the_worse_edge():
     assert set(got) == {"rotation_mean_deg", "knn_overlap_mean"}  # bookkeeping metrics are skipped
     assert got["rotation_mean_deg"].max == pytest.approx(13.0) and got["rotation_mean_deg"].min is None
     assert got["knn_overlap_mean"].min == pytest.approx(0.5) and got["knn_overlap_mean"].max is None
-    assert propose(band.iloc[[1]], slack=10.0)[0].min == 0.0  # fractions are clipped to [0, 1]
+    assert propose(band.iloc[[1]], slack=10.0) == []  # clipped to the range of a fraction, min 0 could never bind: dropped
 
 
 def test_propose_never_tightens_a_zero_width_band():
@@ -231,3 +250,70 @@ def test_subsample_keeps_captions_with_their_images():
     np.testing.assert_allclose(s.reference["text"], 10 * s.reference["image"][s.text_to_image])
     np.testing.assert_allclose(s.candidate["text"], 10 * (s.candidate["image"][s.text_to_image] - 1) + 1)
     assert not math.isnan(s.reference["image"].sum())
+
+
+def band_row(metric, lo, hi, observed=None, identity=None, modality=None):
+    obs = (lo + hi) / 2 if observed is None else observed
+    mod = modality or METRICS[metric].modalities[0]
+    same = (np.nan, np.nan) if identity is None else (identity, identity)
+    return ("p", mod, metric, obs, lo, hi, 21, obs, obs, *same)
+
+
+def test_calibrate_bound_accepts_identical_inputs():
+    # every subsample shows captions moving closer to their images (a negative change): the bound one band width
+    # above the band would be max = -0.1, which a model checked against itself (change 0) fails
+    band = pd.DataFrame([band_row("paired_angle_change_mean_deg", -1.5, -0.8, identity=0.0),
+                         band_row("i2t_R@1_delta", 4.0, 6.0, identity=0.0)], columns=BAND_COLUMNS)
+    paired, r1 = propose(band)
+    assert paired.max == pytest.approx(0.7) and paired.min is None  # one band width above identical inputs
+    assert r1.min == pytest.approx(-2.0)  # an improving model: the bound still lets an unchanged one pass
+
+
+def test_calibrate_bound_accepts_the_calibrated_comparison_outside_the_band():
+    band = pd.DataFrame([band_row("rotation_mean_deg", 9.0, 11.0, observed=12.0, identity=0.0)], columns=BAND_COLUMNS)
+    (rot,) = propose(band)
+    assert rot.max == pytest.approx(14.0)  # the full comparison (12) is known good too: 12 + one width of 2
+
+
+def test_calibrate_drops_bounds_that_cannot_bind_or_leave_the_range():
+    band = pd.DataFrame([band_row("flips_i2t_gained", 0.01, 0.05, identity=0.0),  # min would be 0 - 0.04: clipped to 0
+                         band_row("rotation_p90_deg", 150.0, 179.0, identity=0.0),  # max 208 > 180 degrees
+                         band_row("flips_t2i_lost", 0.2, 0.6, identity=0.0),  # max 1.0: the whole range
+                         band_row("procrustes_residual_frac", 0.2, 0.3, identity=None),  # NaN on identical inputs
+                         band_row("knn_overlap_mean", 0.7, 0.9, identity=1.0)], columns=BAND_COLUMNS)
+    skipped = []
+    got = propose(band, skipped=skipped)
+    assert [c.metric for c in got] == ["knn_overlap_mean"]
+    assert [s[2] for s in skipped] == ["flips_i2t_gained", "rotation_p90_deg", "flips_t2i_lost", "procrustes_residual_frac"]
+    assert "never bind" in skipped[0][3] and "NaN" in skipped[3][3]
+
+
+@pytest.mark.parametrize("metric", sorted(METRICS))
+def test_value_range_is_ordered_and_holds_the_identical_input_value(metric):
+    lo, hi = value_range(metric)
+    assert lo < hi
+    if METRICS[metric].unit == "deg" and metric not in ("procrustes_angle_deg", "procrustes_centred_angle_deg", "intermodal_rotation_deg"):
+        assert (lo, hi) in ((0.0, 180.0), (-180.0, 180.0))
+
+
+def _calibration_case(seed, angle, shift, n=40, d=8):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(n, d))
+    txt = img + 0.9 * rng.normal(size=(n, d))
+    rot = uniform_rotation(d, angle)
+    cand_txt = (1 - shift) * txt + shift * img  # captions move towards their images: paired angles shrink
+    return Comparison("p", {"image": img, "text": txt}, {"image": img @ rot.T, "text": cand_txt @ rot.T}, np.arange(n), "ref -> cand")
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 10_000), angle=st.floats(0.5, 60.0), shift=st.floats(0.0, 0.6))
+def test_calibrated_gate_passes_its_null_and_identical_inputs(seed, angle, shift):
+    comp = _calibration_case(seed, angle, shift)
+    checks = propose(null_band([[comp]], replicates=3, seed=seed, k=5))
+    assert checks
+    for case in (comp, identical(comp, "reference"), identical(comp, "candidate")):
+        res = evaluate(analyse([case], k=5, seed=seed), checks)
+        assert [r.line() for r in res if r.status != "pass"] == []
+    for c in checks:
+        lo, hi = value_range(c.metric)
+        assert (c.min is None or lo < c.min <= hi) and (c.max is None or lo <= c.max < hi)

@@ -375,3 +375,23 @@ def test_nothing_is_modified_by_reading(run_dir):
 def test_import_does_not_pull_torch():
     code = "import sys, spatial_disorder, spatial_disorder.cli; assert 'torch' not in sys.modules and 'open_clip' not in sys.modules and 'modx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_keep_the_user_umask(tmp_path, umask, mode):
+    from spatial_disorder.run.atomic import atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "gate.toml", b"x")
+        probe = coco_like_probe()
+        w = RunWriter.create(tmp_path / "run", metadata={"model": "tiny"})
+        w.add_probe(probe)
+        w.write_stage("s0", {"coco": stage_arrays(probe)}, meta={"phase": 0})
+        (tmp_path / "ordinary.txt").write_text("x")
+    finally:
+        os.umask(old)
+    written = [tmp_path / "gate.toml", tmp_path / "run" / "run.json", tmp_path / "run" / "stages" / "s0" / "meta.json"]
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written} == {
+        str(p.relative_to(tmp_path)): oct(mode) for p in written}
+    assert (tmp_path / "ordinary.txt").stat().st_mode & 0o777 == mode  # the same mode as a file written the ordinary way

@@ -3,9 +3,13 @@
 The band of each metric is the spread of its value over item subsamples (a subsampling bootstrap: each
 replicate keeps ``fraction`` of the images, without replacement, with all their captions) of every
 known-good comparison (the one given, plus those against ``--null`` runs trained with another seed).
-A proposed threshold sits one band width beyond the band's worse edge: ``max = hi + slack * (hi - lo)``
-for metrics that are worse when higher, ``min = lo - slack * (hi - lo)`` for those worse when lower (the width
-is at least 0.1% of the band's magnitude; bounds are rounded outwards to six significant digits).
+A proposed threshold sits one band width beyond the worse edge of everything known to be good (the band, the
+value of every full comparison, and the value of identical inputs, reference against itself, where a model
+checked against itself must pass): ``max = hi + slack * (hi - lo)`` for metrics that are worse when higher,
+``min = lo - slack * (hi - lo)`` for those worse when lower (the width is that of the band, at least 0.1% of its
+magnitude; bounds are rounded outwards to six significant digits). A bound is clipped to the metric's range and
+dropped when it can never bind (at or beyond the end of the range, e.g. ``min = 0`` on a share) or when identical
+inputs have no value for the metric (a NaN fails every check).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import pandas as pd
 
 from .inputs import Comparison, analyse
 from .thresholds import Threshold
+
+BAND_COLUMNS = ["probe", "modality", "metric", "observed", "lo", "hi", "n", "observed_min", "observed_max", "identity_min", "identity_max"]
 
 # Bookkeeping values, not quality measures: never proposed as thresholds.
 SKIP = {"topology_pairs", "knn_overlap_items", "knn_overlap_ci_low", "knn_overlap_ci_high", "modality_gap_a", "modality_gap_b",
@@ -41,15 +47,27 @@ def subsample(c: Comparison, fraction: float, rng: np.random.Generator) -> Compa
     return Comparison(c.probe, ref, cand, t2i, c.label)
 
 
+def identical(c: Comparison, side: str = "reference") -> Comparison:
+    """One side of a comparison against itself: the case a model checked against itself must pass."""
+    x = getattr(c, side)
+    return Comparison(c.probe, x, x, c.text_to_image, f"{side} -> {side}")
+
+
 def null_band(groups: list[list[Comparison]], replicates: int = 20, fraction: float = 0.8, seed: int = 0, k: int = 10,
               fast: bool = False, backend="auto", quantiles=(0.025, 0.975)) -> pd.DataFrame:
-    """Per (probe, modality, metric): observed value(s) and the band [lo, hi] over all subsamples of all groups."""
+    """Per (probe, modality, metric): observed value(s), the band [lo, hi] over all subsamples of all groups, and the
+    range of the full comparisons (``observed_min``/``max``) and of identical inputs (``identity_min``/``max``, NaN
+    when identical inputs give no value)."""
     rng = np.random.default_rng(seed)
     values = []
     for g, comps in enumerate(groups):
         full = analyse(comps, k=k, fast=fast, backend=backend, seed=seed)
         full["source"], full["replicate"] = g, -1
         values.append(full)
+        for side in ("reference", "candidate"):
+            same = analyse([identical(c, side) for c in comps], k=k, fast=fast, backend=backend, seed=seed)
+            same["source"], same["replicate"] = g, -2
+            values.append(same)
         for r in range(replicates):
             sub = [subsample(c, fraction, rng) for c in comps]
             s = analyse(sub, k=min(k, _min_items(sub) - 1), fast=fast, backend=backend, seed=seed)
@@ -59,14 +77,19 @@ def null_band(groups: list[list[Comparison]], replicates: int = 20, fraction: fl
     allv = allv[~allv["metric"].isin(SKIP)]
     rows = []
     for (probe, mod, metric), grp in allv.groupby(["probe", "modality", "metric"], sort=False):
+        same = grp.loc[grp["replicate"] == -2, "value"].astype(float).to_numpy()
+        grp = grp[grp["replicate"] != -2]
         v = grp["value"].astype(float).to_numpy()
         v = v[np.isfinite(v)]
         if not len(v):
             continue
-        obs = grp.loc[grp["replicate"] == -1, "value"].astype(float)
+        obs = grp.loc[grp["replicate"] == -1, "value"].astype(float).to_numpy()
+        nan_same = not len(same) or not np.isfinite(same).all()
         rows.append({"probe": probe, "modality": mod, "metric": metric, "observed": float(obs.mean()),
-                     "lo": float(np.quantile(v, quantiles[0])), "hi": float(np.quantile(v, quantiles[1])), "n": int(len(v))})
-    return pd.DataFrame(rows, columns=["probe", "modality", "metric", "observed", "lo", "hi", "n"])
+                     "lo": float(np.quantile(v, quantiles[0])), "hi": float(np.quantile(v, quantiles[1])), "n": int(len(v)),
+                     "observed_min": float(np.min(obs)), "observed_max": float(np.max(obs)),
+                     "identity_min": np.nan if nan_same else float(same.min()), "identity_max": np.nan if nan_same else float(same.max())})
+    return pd.DataFrame(rows, columns=BAND_COLUMNS)
 
 
 def _min_items(comps: list[Comparison]) -> int:
@@ -83,8 +106,12 @@ def _round(x: float, up: bool, digits: int = 6) -> float:
     return float(f"{q * step:.{digits + 2}g}")
 
 
-def propose(band: pd.DataFrame, slack: float = 1.0, severity: str = "fail") -> list[Threshold]:
-    """Thresholds one ``slack`` band width beyond the worse edge of each metric's null band."""
+def propose(band: pd.DataFrame, slack: float = 1.0, severity: str = "fail", skipped: list | None = None) -> list[Threshold]:
+    """Thresholds ``slack`` band widths beyond the worse edge of the known-good values of each metric.
+
+    Metrics with no bound that could both bind and pass every known-good value are left out; with ``skipped``
+    (a list), each is appended to it as ``(probe, modality, metric, reason)``.
+    """
     from ..metrics.registry import METRICS
 
     out = []
@@ -92,11 +119,36 @@ def propose(band: pd.DataFrame, slack: float = 1.0, severity: str = "fail") -> l
         info = METRICS.get(row.metric)
         if info is None or row.metric in SKIP:
             continue
-        # a band of zero width (a metric that does not vary across subsamples) still gets 0.1% of headroom
-        width = max(row.hi - row.lo, 1e-3 * max(abs(row.hi), abs(row.lo)), 1e-9)
-        lo, hi = row.lo - slack * width, row.hi + slack * width
-        if info.unit == "fraction":
-            lo, hi = max(lo, 0.0), min(hi, 1.0)
-        bound = {"max": _round(hi, up=True)} if info.worse_when == "higher" else {"min": _round(lo, up=False)}
+        bound, reason = _bound(row, info.worse_when, slack)
+        if bound is None:
+            if skipped is not None:
+                skipped.append((row.probe, row.modality, row.metric, reason))
+            continue
         out.append(Threshold(row.metric, probe=row.probe, modality=row.modality, severity=severity, **bound))
     return out
+
+
+def _bound(row, worse_when: str, slack: float) -> tuple[dict | None, str]:
+    """The proposed bound of one band row (``{"max": x}`` or ``{"min": x}``), or None and why none is proposed."""
+    from ..metrics.registry import value_range
+
+    known = {}
+    for what, cols in (("the calibrated comparison", ("observed_min", "observed_max")), ("identical inputs", ("identity_min", "identity_max"))):
+        if all(hasattr(row, c) for c in cols):
+            vals = [float(getattr(row, c)) for c in cols]
+            if not all(np.isfinite(vals)):
+                return None, f"{what} give(s) no value (NaN), which fails any bound"
+            known[what] = vals
+    good = [row.lo, row.hi] + [v for vals in known.values() for v in vals]
+    # a band of zero width (a metric that does not vary across subsamples) still gets 0.1% of headroom
+    width = max(row.hi - row.lo, 1e-3 * max(abs(row.hi), abs(row.lo)), 1e-9)
+    lo_end, hi_end = value_range(row.metric)
+    if worse_when == "higher":
+        bound = _round(min(max(good) + slack * width, hi_end), up=True)
+        if bound >= hi_end:
+            return None, f"max {bound:g} could never bind (the metric is at most {hi_end:g})"
+        return {"max": bound}, ""
+    bound = _round(max(min(good) - slack * width, lo_end), up=False)
+    if bound <= lo_end:
+        return None, f"min {bound:g} could never bind (the metric is at least {lo_end:g})"
+    return {"min": bound}, ""

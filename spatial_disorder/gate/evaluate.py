@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+import numpy as np
 import pandas as pd
 
 from .thresholds import Threshold
@@ -51,7 +52,7 @@ def evaluate(summary: pd.DataFrame, checks: list[Threshold]) -> list[CheckResult
     out: list[CheckResult] = []
     for check in checks:
         rows = summary[summary["metric"] == check.metric]
-        rows = rows[[fnmatchcase(str(p), check.probe) for p in rows["probe"]]]
+        rows = rows[np.array([fnmatchcase(str(p), check.probe) for p in rows["probe"]], dtype=bool)]  # a list would pick columns when empty
         mods = _modalities(check, set(rows["modality"]))
         matched = False
         for mod in mods:
@@ -62,6 +63,25 @@ def evaluate(summary: pd.DataFrame, checks: list[Threshold]) -> list[CheckResult
         if not matched:
             where = f"probe {check.probe!r}, modality {check.modality!r}"
             out.append(CheckResult(check, check.probe, check.modality, None, check.severity, f"no value for {check.metric} matches {where}"))
+    return out
+
+
+def unavailable(checks: list[Threshold], present: set[str]) -> list[tuple[int, Threshold]]:
+    """The checks (1-based number, check) that can match no modality in ``present`` (e.g. cross-modal checks on image arrays).
+
+    Such a check cannot be evaluated on these inputs at all, which is a mismatch between the thresholds and the
+    inputs (bad input), not drift.
+    """
+    from ..metrics.registry import METRICS
+
+    out = []
+    for i, check in enumerate(checks, start=1):
+        info = METRICS.get(check.metric)
+        wanted = set(info.modalities if info is not None else ("image", "text", "cross"))
+        if check.modality != "*":
+            wanted &= {check.modality}
+        if not wanted & present:
+            out.append((i, check))
     return out
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -95,6 +96,34 @@ METRICS: dict[str, MetricInfo] = dict(
         _m("rsum_delta", "cross", "percent points", "Change of rsum (b minus a).", "rsum(b) - rsum(a)", "lower", "antisymmetric"),
     ]
 )
+
+# Norms over rotation planes, sqrt(sum_p theta_p^2): up to 180 * sqrt(d / 2) degrees, not 180.
+GEODESIC = {"procrustes_angle_deg", "procrustes_centred_angle_deg", "intermodal_rotation_deg"}
+# The ends a value can reach, where the unit alone does not say (embeddings are unit vectors: gaps are at most 2).
+_RANGES = {"modality_gap_a": (0.0, 2.0), "modality_gap_b": (0.0, 2.0), "modality_gap_change": (-2.0, 2.0),
+           "rsum_delta": (-600.0, 600.0)}
+_UNIT_RANGES = {"deg": (0.0, 180.0), "fraction": (0.0, 1.0), "count": (0.0, math.inf), "nats": (0.0, math.inf),
+                "percent points": (-100.0, 100.0), "distance": (0.0, math.inf)}
+
+
+def value_range(name: str) -> tuple[float, float]:
+    """The smallest and largest value a metric can take (inclusive); (-inf, inf) when unknown.
+
+    Angles of one item or one plane lie in [0, 180] degrees, signed changes of them in [-180, 180]; geodesic
+    norms over planes are only bounded below. A threshold at or beyond an end can never be violated.
+    """
+    if name in _RANGES:
+        return _RANGES[name]
+    info = METRICS.get(name)
+    if info is None:
+        return -math.inf, math.inf
+    lo, hi = _UNIT_RANGES.get(info.unit, (-math.inf, math.inf))
+    if name in GEODESIC:
+        hi = math.inf
+    if info.symmetry == "antisymmetric" and info.unit in ("deg", "distance") and lo == 0.0:
+        lo = -hi  # a change (b minus a) of a non-negative quantity
+    return lo, hi
+
 
 # per-item columns of RunAnalysis.items, with units
 ITEM_COLUMNS = {
