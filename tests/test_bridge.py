@@ -318,3 +318,17 @@ def test_cli_bridge_bad_input_exits_2_with_one_line_and_writes_nothing(bridge_ru
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
     assert sorted(os.listdir(tmp_path)) == ["short.npy"]
+
+
+def test_cli_bridge_saves_one_folder_per_probe_set(tmp_path, capsys):
+    a, _ = clip_like(n=160, d=24, seed=1)
+    b, _ = clip_like(n=160, d=24, seed=2)
+    r = planted_rotation(24, [45.0] * 8, seed=3)
+    probes = [ProbeSet.from_pairs(p, [f"{p} {i}" for i in range(160)]) for p in ("p1", "p2")]
+    run = write_run(tmp_path / "run", probes, {"s0": {"p1": a, "p2": b}, "s1": {"p1": rotated(a, r), "p2": rotated(b, r)}})
+    assert main(["bridge", str(run), "--method", "ridge", "--direction", "query", "--save", str(tmp_path / "maps")]) == 0
+    assert capsys.readouterr().out.count("bridge ridge query") == 2
+    for p in ("p1", "p2"):
+        assert sorted(os.listdir(tmp_path / "maps" / p)) == ["bridge.csv", "image-ridge-query.json", "image-ridge-query.npy",
+                                                             "text-ridge-query.json", "text-ridge-query.npy"]
+        assert bridge.load(tmp_path / "maps" / p / "text-ridge-query").ridge == pytest.approx(0.01)
