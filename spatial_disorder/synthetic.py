@@ -27,18 +27,48 @@ def uniform_rotation(d: int, theta_deg: float) -> np.ndarray:
     return r
 
 
-def planted_rotation(d: int, angles_deg, seed: int = 0) -> np.ndarray:
-    """A d x d rotation with the given plane angles (degrees) in random orthogonal planes; identity elsewhere."""
+def planted_rotation(d: int, angles_deg, seed: int = 0, basis: np.ndarray | None = None) -> np.ndarray:
+    """A d x d rotation with the given plane angles (degrees); identity elsewhere. The planes are spanned by column
+    pairs (0, 1), (2, 3), ... of ``basis`` (orthonormal columns, e.g. a cloud's principal directions), or of a
+    random orthogonal matrix when none is given."""
     angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
     if 2 * len(angles) > d:
         raise ValueError(f"{len(angles)} plane angles need d >= {2 * len(angles)}, got d={d}")
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    if basis is None:
+        q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    else:
+        q, _ = np.linalg.qr(np.column_stack([basis, np.random.default_rng(seed).normal(size=(d, d - basis.shape[1]))]))
+        q[:, : basis.shape[1]] = basis
     block = np.eye(d)
     for p, theta in enumerate(np.radians(angles)):
         c, s = np.cos(theta), np.sin(theta)
         block[2 * p : 2 * p + 2, 2 * p : 2 * p + 2] = [[c, -s], [s, c]]
     return q @ block @ q.T
+
+
+def principal_directions(*clouds: np.ndarray) -> np.ndarray:
+    """Eigenvectors (columns, by decreasing variance) of the clouds' pooled second moment: where their data live."""
+    moment = sum(x.T.astype(np.float64) @ x / len(x) for x in clouds)
+    w, v = np.linalg.eigh(moment)
+    return v[:, ::-1]
+
+
+def clip_like_cloud(n: int, d: int, exponent: float = 1.2, mean: float = 1.0, seed: int = 0, basis: np.ndarray | None = None):
+    """Unit rows shaped like real CLIP embeddings: a common mean direction (a narrow cone) plus a power-law spectrum
+    (standard deviation k^-exponent along the k-th principal direction), so most directions are nearly empty.
+    Returns (rows [n, d], basis [d, d]); ``basis[:, 0]`` is the mean direction, ``basis[:, 1:3]`` the main plane."""
+    rng = np.random.default_rng(seed)
+    if basis is None:
+        basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    spread = (1.0 + np.arange(d - 1)) ** (-exponent)
+    x = mean * basis[:, 0] + (rng.normal(size=(n, d - 1)) * spread) @ basis[:, 1:].T
+    return x / np.linalg.norm(x, axis=1, keepdims=True), basis
+
+
+def plane_rotation(u: np.ndarray, v: np.ndarray, theta_deg: float) -> np.ndarray:
+    """The d x d rotation turning the plane of orthonormal u, v by theta (row-vector convention, x @ R) and fixing the rest."""
+    c, s = np.cos(np.radians(theta_deg)), np.sin(np.radians(theta_deg))
+    return (np.eye(len(u)) + (c - 1.0) * (np.outer(u, u) + np.outer(v, v)) + s * (np.outer(u, v) - np.outer(v, u)))
 
 
 def structured_embeddings(n_images: int, captions_per_image: int, d: int, n_clusters: int | None = None,
@@ -61,10 +91,13 @@ def structured_embeddings(n_images: int, captions_per_image: int, d: int, n_clus
 
 
 def drifted_stages(image, text, stages: int, rotation_deg, text_rotation_deg=None, noise: float = 0.0, seed: int = 0):
-    """Stage t = stage 0 rotated by R^t (plane angles ``rotation_deg`` per stage step) plus optional noise."""
+    """Stage t = stage 0 rotated by R^t (plane angles ``rotation_deg`` per stage step) plus optional noise. The rotation
+    turns the leading principal planes of stage 0 (as real drift turns the directions the data fill), so fits made
+    where the data live recover the planted angles."""
     d = image.shape[1]
-    r_img = planted_rotation(d, rotation_deg, seed=seed + 1)
-    r_txt = r_img if text_rotation_deg is None else planted_rotation(d, text_rotation_deg, seed=seed + 1)
+    planes = principal_directions(image, text)[:, : 2 * max(len(np.atleast_1d(rotation_deg)), len(np.atleast_1d(text_rotation_deg or [])))]
+    r_img = planted_rotation(d, rotation_deg, seed=seed + 1, basis=planes)
+    r_txt = r_img if text_rotation_deg is None else planted_rotation(d, text_rotation_deg, seed=seed + 1, basis=planes)
     rng = np.random.default_rng(seed + 2)
     out = []
     cur_i, cur_t = image.astype(np.float64), text.astype(np.float64)

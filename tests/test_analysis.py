@@ -49,7 +49,9 @@ def test_planted_rotation_run(synthetic_run):
             spec = res.spectra[(res.spectra.stage_a == "stage0") & (res.spectra.stage_b == b) & (res.spectra.kind == m)
                                & ~res.spectra.centred]
             np.testing.assert_allclose(spec["angle_deg"].to_numpy()[:3], [12.0 * scale, 4.0 * scale, 0.0], atol=0.1)
-            assert res.value("procrustes_residual_frac", "stage0", b, modality=m) < 1e-4
+            # the fit's subspace holds the turned planes up to the faint variance it leaves out: a tiny residual
+            assert res.value("procrustes_residual_frac", "stage0", b, modality=m) < 1e-3
+            assert res.value("rigid_share", "stage0", b, modality=m) > 0.99
             assert res.value("knn_overlap_mean", "stage0", b, modality=m) == 1.0
             assert res.value("topology_change_mean_deg", "stage0", b, modality=m) < 1e-3
             assert res.value("rotation_mean_deg", "stage0", b, modality=m) > 1.0

@@ -62,3 +62,129 @@ def test_swapping_stages_gives_the_same_angles_and_residual(seed):
     np.testing.assert_allclose(f.angles_deg, g.angles_deg, atol=1e-5)
     assert f.residual_frac == pytest.approx(g.residual_frac, rel=1e-5)
     np.testing.assert_allclose(f.R.T, g.R, atol=1e-6)
+
+
+# --- rotations fitted where the data live -------------------------------------------------------------------
+from spatial_disorder.metrics.procrustes import (  # noqa: E402
+    cross_products,
+    gram,
+    joint_rotations,
+    principal_basis,
+    rigid_residual_angles,
+    rigid_share,
+)
+from spatial_disorder.metrics.rotation import rotation_angles  # noqa: E402
+from spatial_disorder.synthetic import clip_like_cloud, plane_rotation  # noqa: E402
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clip_pair(theta, noise, n=3000, d=96, seed=0):
+    """Image and text clouds shaped like CLIP embeddings (common mean, power-law spectrum, a modality gap), both
+    turned by ``theta`` in the image cloud's main plane, each stage with its own isotropic noise per coordinate."""
+    img, basis = clip_like_cloud(n, d, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    txt = unit(img + clip_like_cloud(n, d, seed=seed + 2, basis=basis)[0] * 0.3 + 0.3 * basis[:, 3])
+    r = plane_rotation(basis[:, 1], basis[:, 2], theta)
+    noisy = lambda x: unit(x + noise * rng.normal(size=x.shape))  # noqa: E731
+    return (noisy(img), noisy(img @ r)), (noisy(txt), noisy(txt @ r)), basis, r
+
+
+@pytest.mark.parametrize("theta", [12.0, 30.0])
+def test_planted_main_plane_rotation_is_read_through_noise_on_a_clip_like_cloud(theta):
+    (ai, bi), (at, bt), _, r = clip_pair(theta, noise=0.01)
+    assert np.median(rotation_angles(unit(ai @ r), bi)) > 4.0  # beyond the planted rotation, noise moves items by degrees
+    for a, b in ((ai, bi), (at, bt)):
+        fit = procrustes(a, b)
+        assert fit.angles_deg[0] == pytest.approx(theta, abs=1.0)
+        assert fit.max_deg == pytest.approx(theta, abs=1.0)
+        assert fit.geodesic_deg == pytest.approx(theta, abs=2.0)
+        assert procrustes(a, b, centred=True).geodesic_deg == pytest.approx(theta, abs=2.0)
+        assert fit.dim < 96 and 0.9 < fit.variance_held < 1.0
+        assert np.linalg.det(fit.R) == pytest.approx(1.0, abs=1e-9)
+        # the same data over all 96 directions: the empty ones turn arbitrarily and swamp the summary
+        assert procrustes(a, b, floor=0.0).geodesic_deg > theta + 20
+    joint = joint_rotations((cross_products(ai, bi), gram(bi)), (cross_products(at, bt), gram(bt)))
+    assert joint.geodesic_deg <= 2.0 and joint.max_deg <= 2.0
+
+
+def test_plane_shares_say_where_the_variance_is():
+    (a, b), _, basis, _ = clip_pair(20.0, noise=0.0, n=2000, d=64)
+    fit = procrustes(a, b)
+    moment = (a.T @ a + b.T @ b) / (2 * len(a))
+    main = basis[:, 1:3]
+    expected = np.trace(main.T @ moment @ main) / np.trace(moment)
+    assert fit.plane_share[0] == pytest.approx(expected, abs=0.01)  # the turned plane carries the main plane's variance
+    assert fit.plane_share.sum() == pytest.approx(fit.variance_held, abs=1e-6)
+    np.testing.assert_allclose(fit.angles_deg[1:], 0.0, atol=0.05)
+    iso = procrustes(data(seed=4), data(seed=4) @ planted_rotation(16, [10.0], seed=1))
+    assert iso.dim == 16 and iso.variance_held == 1.0  # an isotropic cloud keeps every direction
+
+
+def test_principal_basis_keeps_directions_above_the_floor():
+    moment = np.diag([5.0, 3.0, 1.0, 0.05, 0.0, 0.0])  # average variance 9.05 / 6
+    basis, held = principal_basis(moment, floor=0.1)
+    assert basis.shape == (6, 3) and held == pytest.approx(9.0 / 9.05)
+    np.testing.assert_allclose(np.abs(basis.T @ np.eye(6)[:, :3]), np.eye(3), atol=1e-12)
+    assert principal_basis(moment, floor=0.0)[0].shape == (6, 6)
+    with pytest.raises(ValueError):
+        principal_basis(moment, floor=1.5)
+
+
+def test_a_mirror_image_is_not_read_as_a_half_turn_through_an_empty_direction():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 3)) * [1.0, 0.6, 1e-6]  # the third direction is empty
+    b = a * [1.0, -1.0, 1.0]  # a mirror image in the plane: no rotation of the plane reproduces it
+    # over all directions, a half turn about the first axis (through the empty one) "explains" it perfectly
+    everywhere = procrustes(a, b, normalized=True, floor=0.0)
+    assert everywhere.max_deg == pytest.approx(180.0, abs=1e-3) and everywhere.residual_frac < 1e-5
+    fit = procrustes(a, b, normalized=True)  # where the data live: the plane only
+    assert fit.dim == 2 and np.linalg.det(fit.R) == pytest.approx(1.0)
+    assert fit.max_deg < 90.0
+    assert fit.residual_frac > 0.3  # and the fit says plainly that no rotation explains the change
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), theta=st.floats(0.0, 40.0), scale=st.floats(0.1, 1.0))
+def test_noise_in_near_empty_directions_moves_no_headline_figure(seed, theta, scale):
+    n, d = 1000, 64
+    (ai, bi), (at, bt), basis, _ = clip_pair(theta, noise=0.0, n=n, d=d, seed=seed)
+    rng = np.random.default_rng(seed)
+    tail = basis[:, -16:]  # the emptiest directions of the cloud
+    share = 0.001 * scale  # the noise carries less than 0.1% of the variance
+
+    def jitter(x):
+        z = rng.normal(size=(len(x), 16)) @ tail.T
+        return unit(x + z * np.sqrt(share / np.mean(np.sum(z**2, axis=1))))
+
+    def headline(ai, bi, at, bt):
+        f, c = procrustes(ai, bi), procrustes(ai, bi, centred=True)
+        j = joint_rotations((cross_products(ai, bi), gram(bi)), (cross_products(at, bt), gram(bt)))
+        return np.array([f.geodesic_deg, f.max_deg, c.geodesic_deg, c.max_deg, j.geodesic_deg, j.max_deg])
+
+    clean = headline(ai, bi, at, bt)
+    noisy = headline(jitter(ai), jitter(bi), jitter(at), jitter(bt))
+    np.testing.assert_allclose(noisy, clean, atol=1.0)
+
+
+def test_rigid_share_of_a_rotation_and_of_a_change_of_shape():
+    a = data(n=600, d=16, seed=5)
+    r = planted_rotation(16, [25.0, 10.0], seed=3)
+    b = (a @ r).astype(np.float32)
+    fit = procrustes(a, b)
+    residual = rigid_residual_angles(a, b, fit)
+    per_item, share = rigid_share(rotation_angles(a, b), residual)
+    assert residual.max() < 0.05 and share == pytest.approx(1.0, abs=1e-4)
+    assert np.nanmin(per_item) > 0.99
+    # a change of shape (one axis shrunk, rows renormalised): the rotation explains little of it
+    c = a.astype(np.float64).copy()
+    c[:, :4] *= 0.2
+    c = unit(c)
+    rot = rotation_angles(a, c)
+    _, shape_share = rigid_share(rot, rigid_residual_angles(a, c, procrustes(a, c)))
+    assert shape_share < 0.5
+    # items that did not move have no share
+    per, _ = rigid_share(np.array([0.0, 10.0]), np.array([0.0, 5.0]))
+    assert np.isnan(per[0]) and per[1] == pytest.approx(0.75)

@@ -1,5 +1,12 @@
 """Orthogonal Procrustes between two stages: the best rigid rotation, its angle spectrum, and how much of
-the change it explains. All angles in degrees."""
+the change it explains. All angles in degrees.
+
+Real embeddings fill only a few of their d directions; the rest hold almost no variance, and a rotation fitted
+over all d directions turns those empty directions arbitrarily (by up to 180 degrees), which swamps every summary
+of its angles. So the rotation is fitted where the data live: in the principal subspace of the two stages together
+holding every direction with at least a tenth of the average direction's variance, as a proper rotation (determinant +1), and is the identity
+outside it. Each plane angle is reported with the share of the variance its plane carries (docs/metrics.md).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..knn import as_unit_rows
-from .rotation import check_pair
+from .rotation import check_pair, unit_angle_deg
 
 _BLOCK = 8192
+DEFAULT_FLOOR = 0.1
 
 
 @dataclass
 class ProcrustesResult:
-    """``R`` minimises ||A R - B||_F over orthogonal matrices (A, B row-normalised, optionally centred).
+    """``R`` (d x d) minimises ||A R - B||_F over proper rotations that act only inside ``basis`` (the
+    principal subspace of A and B together holding ``variance_held`` of their variance; A, B row-normalised,
+    optionally centred) and leave its complement fixed.
 
-    ``angles_deg``: the rotation-angle spectrum, one angle per 2-D rotation plane (conjugate eigenvalue
-    pairs counted once), descending. ``geodesic_deg`` = sqrt(sum of squared plane angles), the geodesic
-    distance from the identity on O(d). ``residual_frac`` = ||A R - B||^2 / ||A - B||^2 (0 when A == B).
+    ``angles_deg``: the rotation-angle spectrum, one angle per 2-D rotation plane of R inside the subspace,
+    descending; ``plane_share``: the share of the two stages' total variance each plane carries.
+    ``geodesic_deg`` = sqrt(sum of squared plane angles), the geodesic distance of R from the identity;
+    ``max_deg`` the largest plane angle. ``residual_frac`` = ||A R - B||^2 / ||A - B||^2 over all d
+    directions (0 when A == B); ``dim`` = the subspace dimension r.
     """
 
     R: np.ndarray
@@ -29,6 +41,11 @@ class ProcrustesResult:
     max_deg: float
     residual_frac: float
     centred: bool
+    plane_share: np.ndarray | None = None
+    dim: int = 0
+    variance_held: float = 1.0
+    basis: np.ndarray | None = None
+    rotation: np.ndarray | None = None  # the r x r rotation inside ``basis``
 
 
 @dataclass
@@ -81,14 +98,29 @@ def cross_products(a, b, gram_a: Gram | None = None, block: int = _BLOCK) -> Cro
     return CrossProducts(gram_a, c, ds, nd)
 
 
+_LIMIT_DEPTH = [0]
+
+
+@contextlib.contextmanager
 def small_linalg():
     """Run d x d LAPACK work on one thread: multi-threaded SVDs of 512 x 512 matrices are many times
-    slower on a busy machine (threads wait on each other) and gain nothing on an idle one."""
+    slower on a busy machine (threads wait on each other) and gain nothing on an idle one. Nested uses cost
+    nothing (setting the limit takes milliseconds, so a fit sets it once around all its steps)."""
+    if _LIMIT_DEPTH[0]:
+        yield
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: sklearn and scipy bring it in most environments
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        limit = contextlib.nullcontext()
+    else:
+        limit = threadpool_limits(limits=1, user_api="blas")
+    with limit:
+        _LIMIT_DEPTH[0] += 1
+        try:
+            yield
+        finally:
+            _LIMIT_DEPTH[0] -= 1
 
 
 def spectrum_summary(r: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -98,11 +130,32 @@ def spectrum_summary(r: np.ndarray) -> tuple[np.ndarray, float, float]:
     reflection appears once, as 180 degrees), so a symmetric eigensolver gives the spectrum exactly and fast.
     The geodesic angle is sqrt(sum over planes of theta^2) = ||log R||_F / sqrt(2).
     """
+    planes, geo, mx, _ = plane_spectrum(r)
+    return planes, geo, mx
+
+
+def plane_spectrum(r: np.ndarray, moment: np.ndarray | None = None) -> tuple[np.ndarray, float, float, np.ndarray | None]:
+    """As ``spectrum_summary``, plus the share of ``moment``'s trace that each plane carries (None without one).
+
+    The eigenvectors of (R + R^T)/2 for one plane's eigenvalue pair span that plane, so the variance a plane
+    carries is the sum of w^T M w over its two eigenvectors (planes with equal angles share their total).
+    """
     with small_linalg():
-        cos = np.linalg.eigvalsh((r + r.T) / 2.0)
+        if moment is None:
+            cos, vec = np.linalg.eigvalsh((r + r.T) / 2.0), None
+        else:
+            cos, vec = np.linalg.eigh((r + r.T) / 2.0)
     every = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-    planes = np.sort(every)[::-1][::2].copy()
-    return planes, float(np.sqrt(np.sum(every**2) / 2.0)), float(every.max())
+    order = np.argsort(every, kind="stable")[::-1]
+    planes = every[order][::2].copy()
+    geo, mx = float(np.sqrt(np.sum(every**2) / 2.0)), float(every.max()) if len(every) else 0.0
+    if vec is None:
+        return planes, geo, mx, None
+    total = float(np.trace(moment))
+    per_vector = np.einsum("ij,ik,kj->j", vec, moment, vec) / (total if total > 0 else 1.0)
+    ordered = per_vector[order]
+    share = np.add.reduceat(ordered, np.arange(0, len(ordered), 2)) if len(ordered) else ordered
+    return planes, geo, mx, np.clip(share, 0.0, None)
 
 
 def rotation_spectrum(r: np.ndarray) -> np.ndarray:
@@ -110,28 +163,136 @@ def rotation_spectrum(r: np.ndarray) -> np.ndarray:
     return spectrum_summary(r)[0]
 
 
-def procrustes_from_products(p: CrossProducts, centred: bool = False) -> ProcrustesResult:
-    """Fit R = argmin ||A R - B|| over orthogonal R from precomputed products (optionally centring A and B)."""
+def principal_basis(moment: np.ndarray, floor: float = DEFAULT_FLOOR) -> tuple[np.ndarray, float]:
+    """Orthonormal basis (d x r) of the eigenvectors of a second-moment matrix whose variance is at least ``floor``
+    times the average direction's (trace / d), and the share of the trace they hold. ``floor = 0`` keeps every
+    direction. Isotropic noise that moves items by an angle phi (radians) puts about phi^2 of the average
+    variance in each direction, so the default 0.1 leaves out directions that such noise of up to ~18 degrees
+    could fill on its own."""
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"variance floor must be in [0, 1), got {floor}")
+    d = len(moment)
+    if floor == 0.0:
+        return np.eye(d), 1.0
+    with small_linalg():
+        w, v = np.linalg.eigh((moment + moment.T) / 2.0)
+    w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
+    total = float(w.sum())
+    if total <= 0.0:
+        return np.eye(d), 1.0
+    r = max(1, int(np.sum(w >= floor * total / d)))
+    return v[:, :r], float(w[:r].sum() / total)
+
+
+def proper_rotation(k: np.ndarray) -> np.ndarray:
+    """argmax_R tr(R^T K) over rotations with determinant +1 (Kabsch): the orthogonal polar factor of K, with the
+    weakest singular direction flipped when that factor would be a reflection."""
+    with small_linalg():
+        u, _, vt = np.linalg.svd(k)
+        if np.linalg.det(u) * np.linalg.det(vt) < 0:
+            u[:, -1] = -u[:, -1]
+        return u @ vt
+
+
+def pair_moments(p: CrossProducts, gram_b: Gram, centred: bool) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(G, C, ||D||^2, M): A^T A, A^T (B - A), the squared change, and the pooled second moment (G_a + G_b) / 2n,
+    all centred on each stage's mean when ``centred``."""
     g, c, nd, n = p.gram.g, p.c, p.nd, p.gram.n
+    gb = gram_b.g
     if centred:
         ma, md = p.gram.colsum / n, p.dsum / n
+        mb = gram_b.colsum / n
         g = g - n * np.outer(ma, ma)
         c = c - n * np.outer(ma, md)
         nd = nd - n * float(md @ md)
-    with small_linalg():
-        u, _, vt = np.linalg.svd(g + c)
-        r = u @ vt
-        e = r - np.eye(len(r))
-        residual = float(np.sum(e * (g @ e)) - 2.0 * np.sum(e * c) + nd)
+        gb = gb - n * np.outer(mb, mb)
+    return g, c, nd, (g + gb) / (2.0 * n)
+
+
+def fit_in_subspace(g, c, nd, moment, basis, held, centred: bool) -> ProcrustesResult:
+    """The proper rotation inside ``basis`` that best maps A onto B, its spectrum and residual (see ProcrustesResult)."""
+    d, r = basis.shape
+    rr = proper_rotation(basis.T @ (g + c) @ basis)
+    f = rr - np.eye(r)
+    gr, cr = basis.T @ g @ basis, basis.T @ c @ basis
+    residual = float(np.sum(f * (gr @ f)) - 2.0 * np.sum(f * cr) + nd)
     scale = float(np.trace(g))
     frac = 0.0 if nd <= 1e-12 * max(1.0, scale) else min(1.0, max(0.0, residual) / nd)
-    planes, geo, mx = spectrum_summary(r)
-    return ProcrustesResult(r, planes, geo, mx, frac, centred)
+    planes, geo, mx, shares = plane_spectrum(rr, basis.T @ moment @ basis)
+    total = float(np.trace(moment))
+    if total > 0:  # shares relative to the whole variance, not to the subspace's
+        shares = shares * float(np.trace(basis.T @ moment @ basis)) / total
+    full = np.eye(d) + basis @ f @ basis.T
+    return ProcrustesResult(full, planes, geo, mx, frac, centred, shares, r, held, basis, rr)
 
 
-def procrustes(a, b, centred: bool = False, normalized: bool = False) -> ProcrustesResult:
-    """Fit the orthogonal map from stage a to stage b (rows L2-normalised first)."""
+def procrustes_from_products(p: CrossProducts, gram_b: Gram, centred: bool = False, floor: float = DEFAULT_FLOOR) -> ProcrustesResult:
+    """Fit the proper rotation from stage a to stage b in their principal subspace, from precomputed products."""
+    with small_linalg():
+        g, c, nd, moment = pair_moments(p, gram_b, centred)
+        basis, held = principal_basis(moment, floor)
+        return fit_in_subspace(g, c, nd, moment, basis, held, centred)
+
+
+@dataclass
+class JointRotations:
+    """Both modalities' rotations fitted in one subspace (the principal subspace of both modalities at both stages),
+    and the spectrum of R_image^T R_text there: how differently the two modalities rotated, where their data are."""
+
+    image: ProcrustesResult
+    text: ProcrustesResult
+    angles_deg: np.ndarray
+    plane_share: np.ndarray
+    geodesic_deg: float
+    max_deg: float
+    dim: int
+    variance_held: float
+
+
+def joint_rotations(image: tuple[CrossProducts, Gram], text: tuple[CrossProducts, Gram], floor: float = DEFAULT_FLOOR) -> JointRotations:
+    """Fit the image and the text rotation in the principal subspace of the four (unit-row) clouds pooled with equal
+    weight, then compare them. Directions neither modality uses cannot add an arbitrary angle."""
+    with small_linalg():
+        parts = [pair_moments(p, gb, centred=False) for p, gb in (image, text)]
+        moment = (parts[0][3] + parts[1][3]) / 2.0
+        basis, held = principal_basis(moment, floor)
+        fi, ft = (fit_in_subspace(g, c, nd, moment, basis, held, False) for g, c, nd, _ in parts)
+        planes, geo, mx, shares = plane_spectrum(fi.rotation.T @ ft.rotation, basis.T @ moment @ basis)
+        total = float(np.trace(moment))
+        if total > 0:
+            shares = shares * float(np.trace(basis.T @ moment @ basis)) / total
+    return JointRotations(fi, ft, planes, shares, geo, mx, basis.shape[1], held)
+
+
+def rigid_residual_angles(a: np.ndarray, b: np.ndarray, fit: ProcrustesResult, block: int = _BLOCK) -> np.ndarray:
+    """Per-item angle (degrees) between the rigidly rotated old position a_i R and the new position b_i (unit rows):
+    what the best rotation leaves unexplained. R acts only in the fit's basis, so a R = a + (a U)(R_r - I) U^T."""
+    basis, f = fit.basis, fit.rotation - np.eye(fit.rotation.shape[0])
+    out = np.empty(a.shape[0])
+    for s in range(0, a.shape[0], block):
+        x = np.asarray(a[s : s + block], dtype=np.float64)
+        moved = x + ((x @ basis) @ f) @ basis.T
+        out[s : s + block] = unit_angle_deg(moved, np.asarray(b[s : s + block], dtype=np.float64))
+    return out
+
+
+def rigid_share(rotation_deg: np.ndarray, residual_deg: np.ndarray, min_deg: float = 0.01) -> tuple[np.ndarray, float]:
+    """How much of the movement the best rigid rotation explains: per item 1 - (residual / rotation)^2 (NaN for items
+    that moved less than ``min_deg``; negative when the rotation moved an item the wrong way), and for the pair
+    1 - sum(residual^2) / sum(rotation^2) (1: a pure rotation, alignable by a d x d matrix; 0: a change of shape)."""
+    rot, res = np.asarray(rotation_deg, dtype=np.float64), np.asarray(residual_deg, dtype=np.float64)
+    moved = rot >= min_deg
+    per_item = np.full(rot.shape, np.nan)
+    per_item[moved] = 1.0 - (res[moved] / rot[moved]) ** 2
+    total = float(np.sum(rot[moved] ** 2))
+    pair = 1.0 - float(np.sum(res[moved] ** 2)) / total if total > 0 else float("nan")
+    return per_item, pair
+
+
+def procrustes(a, b, centred: bool = False, normalized: bool = False, floor: float = DEFAULT_FLOOR) -> ProcrustesResult:
+    """Fit the proper rotation from stage a to stage b (rows L2-normalised first) in their principal subspace
+    (directions with at least ``floor`` of the average variance); ``floor=0`` fits over all d directions."""
     a = a if normalized else as_unit_rows(a, "stage a")
     b = b if normalized else as_unit_rows(b, "stage b")
     check_pair(a, b)
-    return procrustes_from_products(cross_products(a, b), centred=centred)
+    return procrustes_from_products(cross_products(a, b), gram(b), centred=centred, floor=floor)
