@@ -518,7 +518,7 @@ def analyze_run(
     names = list(run.probes) if probes is None else list(probes)
     unknown = [p for p in names if p not in run.probes]
     if unknown:
-        raise InputError(f"unknown probe set(s) {unknown}; the run has {list(run.probes)}")
+        raise InputError(f"{run.path}: unknown probe set(s) {unknown}; the run has {list(run.probes)}")
     try:
         ref_name = run.stage_name(ref)
         if pairs is None:

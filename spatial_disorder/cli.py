@@ -88,6 +88,9 @@ def _analyse(run, args, ref=0):
 
     if args.k < 1:
         raise InputError(f"--k must be at least 1, not {args.k}")
+    if len(run.stages) == 1:  # nothing to compare: refuse rather than write a report of empty sections
+        raise InputError(f"{run.path}: the run holds one stage ({run.stages[0]!r}); sd-analyze compares stages, so it needs at "
+                         "least two (append one with RunWriter.open(RUN).write_stage)")
     try:
         return analyze_run(run, ref=ref, probes=args.probe or None, k=args.k, fast=args.fast, backend=args.backend, progress=_interactive())
     except KeyError as exc:  # unknown stage name or index

@@ -113,7 +113,7 @@ def build_figures(analysis, run=None, ref=None, backend=None, cross_stage: bool 
             traj = _trajectory_data(run, probe, stages) if run is not None and probe in run.probes else None
             out += [
                 F.retrieval_lines(analysis, probe, n),
-                F.r1_heatmap(r1, stages, probe, n),
+                F.r1_heatmap(r1, stages, probe, n, chance_pct=F.chance_r1_pct(t2i)),
                 F.flips_bars(analysis, probe, n),
                 F.rotation_histograms(analysis, probe, ref, n),
                 F.rotation_heatmap(analysis, probe, n),
@@ -227,11 +227,12 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, backe
         for probe in probes:
             if probe in run.probes:
                 fl = flipped_items(run, probe, ref, last, backend=backend)
-                lost = fl[(fl["change"] == "lost") & (fl["direction"] == "t2i")].head(20)
-                retrieval.tables.append(
-                    (f"Captions whose text → image top-1 hit was lost, {ref} → {last} ({probe}; first 20 of "
-                     f"{int(((fl['change'] == 'lost') & (fl['direction'] == 't2i')).sum())})", lost[["row", "id", "caption", "rank_a", "rank_b"]])
-                )
+                lost = fl[(fl["change"] == "lost") & (fl["direction"] == "t2i")]
+                if len(lost):  # no table announcing "first 20 of 0"
+                    retrieval.tables.append(
+                        (f"Captions whose text → image top-1 hit was lost, {ref} → {last} ({probe}; "
+                         f"{'first 20 of ' if len(lost) > 20 else ''}{len(lost)})", lost.head(20)[["row", "id", "caption", "rank_a", "rank_b"]])
+                    )
     other = [m for m in names if not any(m in v for v in SECTION_METRICS.values())]
     if other:
         sections.append(Section("other", "Other metrics", "Metrics computed by the analyzers that no section above plots.",

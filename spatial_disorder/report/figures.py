@@ -221,27 +221,47 @@ def overlap_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     )
 
 
-def r1_heatmap(matrix: np.ndarray | None, stages: list[str], probe: str, n_probes: int = 1) -> ReportFigure | None:
-    """Cross-stage image-to-text R@1: images embedded at the row stage, captions at the column stage."""
+def r1_heatmap(matrix: np.ndarray | None, stages: list[str], probe: str, n_probes: int = 1, chance_pct: float | None = None) -> ReportFigure | None:
+    """Cross-stage image-to-text R@1: images embedded at the row stage, captions at the column stage (``chance_pct``: R@1 of a random ranking)."""
     if matrix is None:
         return None
     diag = np.diag(matrix)
     off = matrix[~np.eye(len(stages), dtype=bool)]
     if off.size and np.isfinite(off).any():
-        drop = float(np.nanmin(diag) - np.nanmin(off))
-        verdict = (
-            "so old and new embeddings are only partly compatible" if drop > 1.0 else "so embeddings from different stages remain compatible"
-        )
-        reading = (
-            f"Within a stage image→text R@1 ranges {_fmt(np.nanmin(diag))}-{_fmt(np.nanmax(diag))}%; across stages it is "
-            f"{_fmt(np.nanmin(off))}% at worst, {verdict}."
-        )
+        reading = compatibility_reading(diag, off, chance_pct)
     else:
         reading = f"Image→text R@1 is {_fmt(diag[0])}%."
     return stage_heatmaps(
         {"image→text R@1": matrix}, stages, f"r1_heatmap_{probe}", "retrieval",
         f"Cross-stage R@1 (rows: image stage, columns: text stage){_probe_label(probe, n_probes)}", "R@1 (%)", reading,
     )
+
+
+def chance_r1_pct(text_to_image) -> float | None:
+    """Image→text R@1 (%) of a random ranking: an image's captions among all captions, on average 100 / n_images."""
+    if text_to_image is None or not len(text_to_image):
+        return None
+    return 100.0 / len(np.unique(np.asarray(text_to_image)))
+
+
+def compatibility_reading(diag: np.ndarray, off: np.ndarray, chance_pct: float | None = None) -> str:
+    """One sentence on the cross-stage R@1 matrix, whose verdict follows the numbers.
+
+    Compatibility is the share of the weakest within-stage R@1 that survives across stages (at least 95%:
+    compatible; at least half: partly; less: not). It cannot be judged when retrieval within a stage is itself
+    near chance (below ten times chance, or 5% when chance is unknown): then the sentence says so.
+    """
+    lo, hi, worst = float(np.nanmin(diag)), float(np.nanmax(diag)), float(np.nanmin(off))
+    text = f"Within a stage image→text R@1 ranges {_fmt(lo)}-{_fmt(hi)}%; across stages it is {_fmt(worst)}% at worst"
+    floor = 5.0 if chance_pct is None else 10.0 * chance_pct
+    if lo < floor:
+        chance = "" if chance_pct is None else f" (chance is {chance_pct:.2g}%)"
+        return f"{text}. Retrieval within a stage is too weak{chance} to tell whether embeddings of different stages are compatible."
+    kept = worst / lo
+    verdict = ("so embeddings from different stages remain compatible" if kept >= 0.95 else
+               "so old and new embeddings are only partly compatible" if kept >= 0.5 else
+               "so old and new embeddings are not compatible: mixing stages loses most of the retrieval")
+    return f"{text} ({kept:.0%} of the weakest within-stage value), {verdict}."
 
 
 def _worst_pair(summary: pd.DataFrame, metric: str, probe: str, higher: bool):
@@ -413,7 +433,7 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
         ax.set_xlabel("stage")
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("recall (%)")
-    axes[1].legend(loc="lower left")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")  # beside the panels, never over a curve
     a0, a1 = _retrieval_value(sel, stages[0], "i2t", "R@1"), _retrieval_value(sel, stages[-1], "i2t", "R@1")
     b0, b1 = _retrieval_value(sel, stages[0], "t2i", "R@1"), _retrieval_value(sel, stages[-1], "t2i", "R@1")
     reading = (
@@ -446,25 +466,26 @@ def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     colors = {"i2t": MODALITY_COLORS["image"], "t2i": MODALITY_COLORS["text"]}
     totals = {}
     for off, direction in ((-width / 2, "i2t"), (width / 2, "t2i")):
-        # the registry stores flips as fractions of the queried items; plot them in percent
-        gained = 100 * np.array([summary_value(s, f"flips_{direction}_gained", probe, "cross", a, b) for a, b in pairs])
-        lost = 100 * np.array([summary_value(s, f"flips_{direction}_lost", probe, "cross", a, b) for a, b in pairs])
+        # flips are shares of the queried items (0-1), as in the registry, the tables, metrics.json and the gate
+        gained = np.array([summary_value(s, f"flips_{direction}_gained", probe, "cross", a, b) for a, b in pairs])
+        lost = np.array([summary_value(s, f"flips_{direction}_lost", probe, "cross", a, b) for a, b in pairs])
         label = "image → text" if direction == "i2t" else "text → image"
         ax.bar(x + off, gained, width, color=colors[direction], label=f"{label}: gained")
         ax.bar(x + off, -lost, width, color=colors[direction], alpha=0.45, hatch="//", label=f"{label}: lost")
         totals[direction] = (gained[-1], lost[-1])
     ax.axhline(0, color="black", linewidth=0.8)
-    span = max(1.0, float(np.nanmax(np.abs(ax.get_ylim())))) if np.isfinite(ax.get_ylim()).all() else 1.0
-    ax.set_ylim(-span, span)  # symmetric, and at least +-1% so "no flips" does not look like noise
+    span = max(0.01, float(np.nanmax(np.abs(ax.get_ylim())))) if np.isfinite(ax.get_ylim()).all() else 0.01
+    ax.set_ylim(-span, span)  # symmetric, and at least +-0.01 so "no flips" does not look like noise
     ax.set_xticks(x, [f"{a} → {b}" for a, b in pairs], rotation=30 if len(pairs) > 4 else 0, ha="right" if len(pairs) > 4 else "center")
-    ax.set_ylabel("items whose top-1 hit flipped (%)\n(gained up, lost down)")
+    ax.set_ylabel("share of items whose top-1 hit flipped\n(gained up, lost down)")
     ax.set_xlabel("stage pair")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=4, fontsize=8)
     gi, li = totals["i2t"]
     gt, lt = totals["t2i"]
     a, b = pairs[-1]
     reading = (
-        f"From {a} to {b}, {_fmt(li)}% of images and {_fmt(lt)}% of captions lose their top-1 hit while {_fmt(gi)}% and {_fmt(gt)}% gain one: "
+        f"From {a} to {b}, a share of {_fmt(li, 3)} of images and {_fmt(lt, 3)} of captions lose their top-1 hit while {_fmt(gi, 3)} and "
+        f"{_fmt(gt, 3)} gain one: "
         "a steady R@1 can hide many items trading places."
     )
     return ReportFigure(f"flips_{probe}", "retrieval", f"Retrieval flips{_probe_label(probe, n_probes)}", fig, reading)

@@ -83,7 +83,7 @@ def section_html(section: Section) -> str:
         parts.append(f"<p>{escape(section.intro)}</p>")
     for fig, png in section.figures:
         parts.append(figure_html(fig, png))
-    if not section.figures:
+    if not section.figures and not section.tables and not section.raw_html:
         parts.append("<p class='note'>No figure: the analysis holds no values for this section.</p>")
     for heading, frame in section.tables:
         parts.append(f"<h3>{escape(heading)}</h3>{table_html(frame)}")
