@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 from hypothesis import given
@@ -332,3 +333,28 @@ def test_cli_bridge_saves_one_folder_per_probe_set(tmp_path, capsys):
         assert sorted(os.listdir(tmp_path / "maps" / p)) == ["bridge.csv", "image-ridge-query.json", "image-ridge-query.npy",
                                                              "text-ridge-query.json", "text-ridge-query.npy"]
         assert bridge.load(tmp_path / "maps" / p / "text-ridge-query").ridge == pytest.approx(0.01)
+
+
+def test_bridge_reference_script_on_planted_runs(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bridge_reference", Path(__file__).resolve().parents[1] / "experiments" / "bridge_reference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ref, _ = clip_like(n=120, d=16, seed=11)
+    probe = ProbeSet.from_pairs("google_seen", [f"c{i}" for i in range(120)])
+    for mode, theta in (("finetune", 60.0), ("modx", 20.0)):
+        stages = {"stage0": {"google_seen": ref},
+                  "stage1": {"google_seen": rotated(ref, planted_rotation(16, [theta / 2] * 6, seed=1))},
+                  "stage2": {"google_seen": rotated(ref, planted_rotation(16, [theta] * 6, seed=1))}}
+        write_run(tmp_path / "runs" / "seed0" / mode, probe, stages, metadata={"model": "toy"})
+    assert script.main(["--work-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "bridge_reference.csv")
+    assert set(table["stage_b"]) == {"stage1", "stage2"} and set(table["mode"]) == {"finetune", "modx"}
+    best = table[(table["setting"] == "bridge orthogonal index") & (table["stage_b"] == "stage2")]
+    assert (best["t2i_R@1_recovery"] >= 0.94).all() and (best["image_agreement"] >= 0.95).all()  # 60 held-out items: one flip is 3%
+    curve = pd.read_csv(tmp_path / "out" / "bridge_reference_curve.csv")
+    assert set(curve["calibration_images"]) == {50, 60}  # 100 and 300 exceed the 60 held-in images
+    text = (tmp_path / "out" / "bridge_reference.md").read_text()
+    assert "Mod-X plus a bridge" in text and "orthogonal, index" in text
