@@ -34,7 +34,7 @@ DEFAULT_RESULTS = ROOT / "experiments" / "results"
 DEFAULT_FIGURES = ROOT / "figures"
 MODES = ("finetune", "modx", "feature_distill", "joint")
 OLD, NEW = "google_seen", "twitter_seen"
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: rigid rotation fitted in the principal subspace; rigid share
 MODE_LABELS = {"finetune": "fine-tune", "modx": "Mod-X", "feature_distill": "feature distill", "joint": "joint (replay)"}
 # Okabe-Ito colour-blind-safe palette
 COLOURS = {"finetune": "#D55E00", "modx": "#0072B2", "feature_distill": "#009E73", "joint": "#CC79A7"}
@@ -56,6 +56,12 @@ METRICS = [
     ("rotation_text_deg", "rotation text (stage 0 -> last)", "deg"),
     ("knn_overlap_image", "kNN overlap image (k=10)", "0-1"),
     ("knn_overlap_text", "kNN overlap text (k=10)", "0-1"),
+    ("procrustes_angle_image_deg", "rigid rotation image (geodesic, principal subspace)", "deg"),
+    ("procrustes_angle_text_deg", "rigid rotation text (geodesic, principal subspace)", "deg"),
+    ("rigid_share_image", "rigid share of the image movement", "0-1"),
+    ("rigid_share_text", "rigid share of the text movement", "0-1"),
+    ("rigid_residual_image_deg", "image movement left after the best rotation", "deg"),
+    ("rigid_residual_text_deg", "text movement left after the best rotation", "deg"),
     ("paired_angle_change_deg", "paired-angle change", "deg"),
     ("flips_i2t_lost", "flips lost i2t", "%"),
     ("flips_t2i_lost", "flips lost t2i", "%"),
@@ -369,6 +375,9 @@ def analyse(path: Path, mode: str, seed: int, slice_of: dict) -> tuple[dict, pd.
     for m in ("image", "text"):
         row[f"rotation_{m}_deg"] = val("rotation_mean_deg", m)
         row[f"knn_overlap_{m}"] = val("knn_overlap_mean", m)
+        row[f"procrustes_angle_{m}_deg"] = val("procrustes_angle_deg", m)
+        row[f"rigid_share_{m}"] = val("rigid_share", m)
+        row[f"rigid_residual_{m}_deg"] = val("rigid_residual_mean_deg", m)
     row["paired_angle_change_deg"] = val("paired_angle_change_mean_deg", "cross")
     row["intermodal_rotation_deg"] = val("intermodal_rotation_deg", "cross")
     row["contrastive_kl"] = val("contrastive_kl", "cross")
