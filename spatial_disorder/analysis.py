@@ -7,7 +7,6 @@ reuses them. Unit-normalised float32 copies of at most a few stages are held at 
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .jsonutil import clean, records
 from .knn import Backend, as_unit_rows, check_k, get_backend
 from .metrics.continual import continual_from_retrieval
 from .metrics.deviation import (
@@ -27,15 +27,22 @@ from .metrics.deviation import (
     ContrastiveKL,
     centroid,
     contrastive_log_probs,
-    flips,
-    intermodal_rotation,
     kl_from_log_probs,
     kl_rows,
     paired_angles,
 )
-from .metrics.neighbours import overlap_from_indices, summarise_overlap
-from .metrics.procrustes import cross_products, gram, procrustes_from_products
-from .metrics.registry import METRICS
+from .metrics.neighbours import overlap_from_indices
+from .metrics.procrustes import (
+    DEFAULT_FLOOR,
+    Gram,
+    cross_products,
+    gram,
+    joint_rotations,
+    procrustes_from_products,
+    rigid_residual_angles,
+    rigid_share,
+)
+from .metrics.registry import FAMILIES, METRICS
 from .metrics.retrieval import (
     DEFAULT_KS,
     RetrievalRanks,
@@ -47,7 +54,6 @@ from .metrics.retrieval import (
 from .metrics.rotation import (
     EXACT_TOPOLOGY_MAX,
     check_pair,
-    distribution,
     pair_angles,
     rotation_angles,
     topology_from_angles,
@@ -56,17 +62,45 @@ from .metrics.rotation import (
 
 MODALITIES = ("image", "text")
 SUMMARY_COLUMNS = ["stage_a", "stage_b", "probe", "modality", "metric", "value"]
+SPECTRUM_COLUMNS = ["stage_a", "stage_b", "probe", "kind", "centred", "index", "angle_deg", "variance_share", "dim", "variance_held"]
 FAST_QUERIES = 1000
 FAST_ROWS = 20000
 # The symmetric kNN search (half the products, plus transposes and two heap updates per block) is off by
 # default: on an idle 2-core machine, 12 searches of 100,000 x 512 took 566 s with it against 490 s with
 # faiss query-by-query (experiments/bench_analyze.py). Set an item count to use it from that size on.
 SYMMETRIC_MIN_ROWS: int | None = None
+# Cross-stage retrieval queries this many seeded images per cell (all when fewer) against the whole caption gallery:
+# a compatibility matrix of every stage pair costs stages^2 retrieval passes, so it is sampled, with intervals.
+CROSS_STAGE_QUERIES = 500
+FAST_CROSS_STAGE_QUERIES = 200
+CROSS_STAGE_MAX_STAGES = 16  # the full matrix is written up to this many stages (the pair metrics always)
+N_TRAJECTORY_ITEMS = 6
+# the run-level tables written to metrics.json (items and paired angles go to CSV only)
+JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories")
+CROSS_STAGE_COLUMNS = ["probe", "image_stage", "text_stage", "value", "ci_low", "ci_high", "queries"]
+TRAJECTORY_COLUMNS = ["probe", "modality", "item", "label", "stage", "x", "y", "step_deg", "explained_pct"]
 
 
 @dataclass
 class RunAnalysis:
-    """Everything measured on a run (or on two bare arrays). All tables are tidy pandas DataFrames."""
+    """Everything measured on a run (or on two bare arrays): the one contract the report, ``compare`` and the gate read.
+
+    Every table is a tidy pandas DataFrame; every number a report draws is in one of them (and in metrics.json).
+
+    - ``summary``: [stage_a, stage_b, probe, modality, metric, value], one row per registered metric and pair.
+    - ``items``: per-item values of every pair ([stage_a, stage_b, probe, modality, row, id] + the families' item
+      columns: rotation, topology change, neighbour overlap, retrieval ranks and flips, paired angles, rigid share).
+    - ``retrieval``: [stage, probe, direction, metric, value], R@K, median and mean rank, rsum per stage.
+    - ``spectra``: per-plane angles of the Procrustes rotations ([stage_a, stage_b, probe, kind, centred, index, ...]).
+    - ``paired``: [stage, probe, row, id, paired_angle_deg], each caption's angle to its image per stage.
+    - ``continual``: backward transfer and forgetting per probe set (metrics/continual.py).
+    - ``cross_stage``: [probe, image_stage, text_stage, value, ci_low, ci_high, queries], image-to-text R@1 (%)
+      with images from one stage and captions from another (sampled queries, 95% interval).
+    - ``trajectories``: [probe, modality, item, label, stage, x, y, step_deg, explained_pct], a few items' paths.
+    - ``meta``: settings and bookkeeping: backend, k, fast, seed, stages, pairs, probes, ref, timing_s, ...
+    - ``probes``: probe tables (captions, image ids) by probe name, for labels; empty for ``analyze_arrays``.
+    - ``text_to_image``: each caption's image row, by probe name.
+    """
 
     summary: pd.DataFrame
     items: pd.DataFrame
@@ -76,6 +110,56 @@ class RunAnalysis:
     continual: pd.DataFrame
     meta: dict
     probes: dict = field(default_factory=dict, repr=False)
+    cross_stage: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CROSS_STAGE_COLUMNS))
+    trajectories: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAJECTORY_COLUMNS))
+    text_to_image: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def stages(self) -> list[str]:
+        """Analysed stages, in run order."""
+        return [str(s) for s in self.meta.get("stages", [])]
+
+    @property
+    def probe_names(self) -> list[str]:
+        return [str(p) for p in self.meta.get("probes", [])]
+
+    @property
+    def ref(self) -> str:
+        """The reference stage: the one the default pairs start from."""
+        stages = self.stages
+        return str(self.meta.get("ref") or (stages[0] if stages else ""))
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(str(a), str(b)) for a, b in self.meta.get("pairs", [])]
+
+    def flipped_items(self, probe: str, stage_a: str, stage_b: str) -> pd.DataFrame:
+        """Every caption (t2i) and image (i2t) whose rank-1 hit was lost or gained from a to b, with its caption.
+
+        Columns: direction, change ("lost"/"gained"), row, id, caption, rank_a, rank_b (an image shows its first
+        caption). Read from ``items``; in fast mode only the sampled queries have ranks.
+        """
+        cols = ["direction", "change", "row", "id", "caption", "rank_a", "rank_b"]
+        it = self.items
+        if "flip_lost" not in it.columns:
+            return pd.DataFrame(columns=cols)
+        sel = it[(it["stage_a"] == stage_a) & (it["stage_b"] == stage_b) & (it["probe"] == probe)]
+        ps = self.probes.get(probe)
+        captions = ps.texts["caption"].astype(str).to_numpy() if ps is not None and "caption" in ps.texts else None
+        first = {}
+        for j, i in enumerate(self.text_to_image.get(probe, [])):
+            first.setdefault(int(i), j)
+        frames = []
+        for direction, modality in (("t2i", "text"), ("i2t", "image")):
+            m = sel[sel["modality"] == modality]
+            for change, column in (("lost", "flip_lost"), ("gained", "flip_gained")):
+                f = m[m[column] == 1]
+                rows = f["row"].to_numpy(int)
+                text_rows = rows if modality == "text" else np.array([first.get(int(r), -1) for r in rows], dtype=int)
+                cap = captions[text_rows] if captions is not None and len(rows) and (text_rows >= 0).all() else [""] * len(rows)
+                frames.append(pd.DataFrame({"direction": direction, "change": change, "row": rows, "id": f["id"].astype(str).to_numpy(),
+                                            "caption": cap, "rank_a": f["rank_a"].to_numpy(float), "rank_b": f["rank_b"].to_numpy(float)}))
+        return pd.concat(frames, ignore_index=True)[cols]
 
     def metric_names(self) -> list[str]:
         return list(dict.fromkeys(self.summary["metric"]))
@@ -116,17 +200,11 @@ class RunAnalysis:
         return sel.merge(table, on="row", how="left")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (NaN -> None) of the meta, summary, retrieval, continual and spectra tables."""
-        def records(df):
-            return [{k: _jsonable(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
-
+        """JSON-ready dict (NaN -> None) of the meta and every run-level table (the per-item tables stay in CSV)."""
         return {
-            "meta": {k: _jsonable(v) for k, v in self.meta.items()},
+            "meta": clean(self.meta),
             "metrics": {name: {"unit": info.unit, "kind": info.kind, "worse_when": info.worse_when} for name, info in METRICS.items()},
-            "summary": records(self.summary),
-            "retrieval": records(self.retrieval),
-            "continual": records(self.continual),
-            "spectra": records(self.spectra),
+            **{name: records(getattr(self, name)) for name in JSON_TABLES},
         }
 
     def _repr_html_(self) -> str:
@@ -139,18 +217,6 @@ class RunAnalysis:
             return head
         pivot = s.pivot_table(index=["probe", "modality", "metric"], columns=["stage_a", "stage_b"], values="value", aggfunc="first")
         return head + pivot.to_html(float_format=lambda v: f"{v:.4g}", escape=True)
-
-
-def _jsonable(v):
-    if isinstance(v, (np.generic,)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 # --- engine -------------------------------------------------------------------------------------------
@@ -167,16 +233,82 @@ class _StageData:
     gap: float = float("nan")
     gram: dict = field(default_factory=dict)  # modality -> Procrustes Gram matrix of this stage
     score_ci: dict | None = None  # fast mode: "i2t_R@1" -> (low, high) 95% interval of the sampled recall
+    cross_queries: np.ndarray | None = None  # unit image rows queried by the cross-stage retrieval
+    trajectory: dict = field(default_factory=dict)  # modality -> unit rows of the few items followed across stages
+
+
+@dataclass(frozen=True)
+class CrossStageCell:
+    """Image-to-text R@1 (percent) with images embedded at one stage and captions at another, and its 95% interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    queries: int
+
+
+class PairContext:
+    """What a family's ``pair`` computation sees for one stage pair of one probe set.
+
+    Attributes: ``a``, ``b`` (stage names), ``probe``, ``modalities`` (those the probe has), ``cross`` (both
+    present), ``text_to_image``, ``sa``/``sb`` (the stages' cached kNN lists, retrieval ranks and scores, paired
+    angles, modality gaps), ``engine`` (topology, KL and cross-stage caches), ``spectra`` (angle-spectrum frames).
+    Values go out through ``put`` (summary) and ``item`` (per-item columns); ``rotation`` is shared by families.
+    """
+
+    def __init__(self, engine: _Engine, a: str, b: str, probe: str, out: dict):
+        self.engine, self.a, self.b, self.probe = engine, a, b, probe
+        self.sa, self.sb = engine.stage(a, probe), engine.stage(b, probe)
+        self.modalities = tuple(engine.probes[probe])
+        self.cross = len(self.modalities) == 2
+        self.text_to_image = engine.t2i[probe]
+        self.spectra = out["spectra"]
+        self.columns: dict = {}  # modality -> {column: per-item values}
+        self._summary = out["summary"]
+        self._rotation: dict = {}
+        for m in self.modalities:
+            check_pair(self.unit(a, m), self.unit(b, m), f"probe {probe!r}, {m}")
+
+    def unit(self, stage: str, modality: str) -> np.ndarray:
+        return self.engine.unit(stage, self.probe, modality)
+
+    def put(self, modality: str, metric: str, value) -> None:
+        """One summary value; the metric must be registered (a typo fails here, not in the report)."""
+        if metric not in METRICS:
+            raise KeyError(f"metric {metric!r} is not registered (metrics/registry.py)")
+        self._summary.append((self.a, self.b, self.probe, modality, metric, float(value)))
+
+    def item(self, modality: str, column: str, values) -> None:
+        """A per-item column (one value per image, or per caption for "text" and "cross")."""
+        self.columns.setdefault(modality, {})[column] = np.asarray(values)
+
+    def size(self, modality: str) -> int:
+        return self.engine.sizes[(self.probe, modality)]
+
+    def query_rows(self, modality: str):
+        """The sampled query rows of the kNN metrics (``None``: every row)."""
+        return self.engine.rows[(self.probe, modality)]
+
+    def overlap(self, modality: str) -> np.ndarray:
+        return overlap_from_indices(self.sa.knn[modality], self.sb.knn[modality])
+
+    def rotation(self, modality: str) -> np.ndarray:
+        """Per-item rotation angles (degrees) from stage a to b, computed once per pair."""
+        if modality not in self._rotation:
+            self._rotation[modality] = rotation_angles(self.unit(self.a, modality), self.unit(self.b, modality), normalized=True)
+        return self._rotation[modality]
 
 
 class _Engine:
     def __init__(self, getter: Callable, stages, probes: dict, t2i: dict, *, k, fast, backend, seed, temperature,
-                 fast_queries, fast_rows, topology_max_items, cache_stages=3, progress=False, id_tables=None):
+                 fast_queries, fast_rows, topology_max_items, cache_stages=3, progress=False, id_tables=None,
+                 rotation_floor=DEFAULT_FLOOR, cross_stage_queries=None):
         self.get = getter
         self.stages, self.probes, self.t2i = list(stages), probes, t2i
         self.k, self.fast, self.seed, self.temperature = k, fast, seed, temperature
         self.backend: Backend = get_backend(backend)
         self.fast_queries, self.fast_rows, self.topology_max_items = fast_queries, fast_rows, topology_max_items
+        self.rotation_floor = rotation_floor
         self.progress = progress
         self.id_tables = id_tables or {}
         self._arrays: OrderedDict = OrderedDict()
@@ -186,7 +318,11 @@ class _Engine:
         self.rows: dict = {}  # (probe, modality) -> query rows for kNN (all rows unless fast)
         self.sizes: dict = {}
         self.fit_rows: dict = {}  # (probe, modality) -> rows used for Procrustes in fast mode
-        self.timing: dict = {"knn_s": 0.0, "retrieval_s": 0.0, "pairs_s": 0.0, "normalise_s": 0.0}
+        self.cross_stage_queries = cross_stage_queries or (FAST_CROSS_STAGE_QUERIES if fast else CROSS_STAGE_QUERIES)
+        self.cross_rows: dict = {}  # probe -> image rows queried by the cross-stage retrieval (None: all)
+        self.trajectory_rows: dict = {}  # (probe, modality) -> rows of the items followed across stages
+        self._cross: dict = {}  # (image stage, text stage, probe) -> CrossStageCell
+        self.timing: dict = {"knn_s": 0.0, "retrieval_s": 0.0, "pairs_s": 0.0, "normalise_s": 0.0, "cross_stage_s": 0.0}
         self._topology: dict = {}  # (stage, probe, modality) -> pair angles of the topology items
         self._kl: OrderedDict = OrderedDict()  # (stage, probe) -> log-probability rows for the KL
         self.symmetric_min_rows = SYMMETRIC_MIN_ROWS
@@ -222,6 +358,15 @@ class _Engine:
                 dims = {m: self.get(self.stages[0], probe, m).shape[1] for m in mods}
                 if dims["image"] != dims["text"]:
                     raise InputError(f"probe {probe!r}: image dimension {dims['image']} differs from text dimension {dims['text']}")
+                n_img = self.sizes[(probe, "image")]
+                rng = np.random.default_rng([self.seed, n_img, 5])
+                q = self.cross_stage_queries
+                self.cross_rows[probe] = None if n_img <= q else np.sort(rng.choice(n_img, size=q, replace=False))
+                self.trajectory_rows.update(zip(((probe, "image"), (probe, "text")), trajectory_rows(self.t2i[probe], n_img)))
+            else:
+                for m in mods:
+                    n = self.sizes[(probe, m)]
+                    self.trajectory_rows[(probe, m)] = np.unique(np.linspace(0, n - 1, min(N_TRAJECTORY_ITEMS, n)).round().astype(int))
 
     def unit(self, stage, probe, modality) -> np.ndarray:
         key = (stage, probe)
@@ -270,6 +415,10 @@ class _Engine:
             self.timing["retrieval_s"] += time.perf_counter() - t
             sd.paired = paired_angles(img, txt, t2i, normalized=True)
             sd.gap = float(np.linalg.norm(centroid(img) - centroid(txt)))
+            rows = self.cross_rows[probe]
+            sd.cross_queries = img if rows is None else img[rows]
+        for m in mods:
+            sd.trajectory[m] = self.unit(stage, probe, m)[self.trajectory_rows[(probe, m)]].copy()
         self.stage_data[key] = sd
         return sd
 
@@ -282,6 +431,31 @@ class _Engine:
                 x = self.unit(s, probe, m)
                 self._topology[(s, probe, m)] = pair_angles(x if items is None else x[items])
         return topology_from_angles(self._topology[(a, probe, m)], self._topology[(b, probe, m)], n, items)
+
+    def cross_stage_r1(self, image_stage, text_stage, probe) -> CrossStageCell:
+        """Image-to-text R@1 with images embedded at ``image_stage`` queried against captions at ``text_stage``.
+
+        The same ``cross_stage_queries`` seeded image rows at every stage (all rows when there are fewer), the whole
+        caption gallery; a 95% interval when rows are sampled. Cells are cached for the pair metrics and the matrix.
+        """
+        key = (image_stage, text_stage, probe)
+        if key in self._cross:
+            return self._cross[key]
+        t = time.perf_counter()
+        rows, n_img = self.cross_rows[probe], self.sizes[(probe, "image")]
+        t2i = self.t2i[probe]
+        if rows is not None:
+            remap = np.full(n_img, -1, dtype=np.int64)
+            remap[rows] = np.arange(len(rows))
+            t2i = remap[t2i]  # captions of images not queried stay in the gallery and belong to no query
+        queries = self.stage(image_stage, probe).cross_queries
+        ranks = sampled_ranks(queries, self.unit(text_stage, probe, "text"), t2i, np.arange(len(queries)), np.array([], dtype=np.int64),
+                              backend=self.backend).i2t
+        p = float(np.mean(ranks == 1))
+        lo, hi = _proportion_ci(p, len(ranks), n_img)
+        self._cross[key] = CrossStageCell(100.0 * p, 100.0 * lo, 100.0 * hi, len(ranks))
+        self.timing["cross_stage_s"] += time.perf_counter() - t
+        return self._cross[key]
 
     def kl(self, a, b, probe) -> ContrastiveKL:
         """Contrastive KL of one pair from per-stage log-probability rows (a few stages cached)."""
@@ -300,88 +474,61 @@ class _Engine:
 
     # per pair ----------------------------------------------------------------------------------------
     def pair(self, a, b, probe, out):
+        """Every registered metric family on one stage pair of one probe set (rows appended to ``out``)."""
         t0 = time.perf_counter()
-        sa, sb = self.stage(a, probe), self.stage(b, probe)
+        ctx = PairContext(self, a, b, probe, out)
+        for family in FAMILIES.values():
+            if family.pair is not None:
+                family.pair(ctx)
+        for modality, cols in ctx.columns.items():
+            out["items"].append(self._item_frame(a, b, probe, modality, cols))
+        self.timing["pairs_s"] += time.perf_counter() - t0
+
+    def rigid(self, ctx) -> None:
+        """The Procrustes family as one unit: uncentred and centred proper rotations per modality, each fitted in the
+        principal subspace of the two stages (metrics/procrustes.py), the rigid share of every item's movement, then
+        both modalities' rotations in one shared subspace and how they differ (the inter-modal rotation)."""
+        a, b, probe, put, spectra = ctx.a, ctx.b, ctx.probe, ctx.put, ctx.spectra
         mods = self.probes[probe]
-        summ, items, spectra = out["summary"], out["items"], out["spectra"]
-
-        def put(modality, metric, value):
-            summ.append((a, b, probe, modality, metric, float(value)))
-
-        rots, fits = {}, {}
+        products = {}
         for m in mods:
             xa, xb = self.unit(a, probe, m), self.unit(b, probe, m)
-            check_pair(xa, xb, f"probe {probe!r}, {m}")
-            rot = rotation_angles(xa, xb, normalized=True)
-            rots[m] = rot
-            dist = distribution(rot)
-            for q in ("mean", "median", "p10", "p90"):
-                put(m, f"rotation_{q}_deg", dist[q])
-            topo = self.topology(a, b, probe, m)
-            put(m, "topology_change_mean_deg", topo.mean_deg)
-            put(m, "topology_pairs", topo.n_pairs)
             fr = self.fit_rows.get((probe, m))
-            fa, fb = (xa, xb) if fr is None else (xa[fr], xb[fr])
-            if m not in sa.gram:
-                sa.gram[m] = gram(fa)
-            prods = cross_products(fa, fb, gram_a=sa.gram[m])
+            prods = cross_products(*((xa, xb) if fr is None else (xa[fr], xb[fr])), gram_a=self.stage_gram(a, probe, m))
+            products[m] = (prods, self.stage_gram(b, probe, m))
             for centred in (False, True):
-                fit = procrustes_from_products(prods, centred=centred)
+                fit = procrustes_from_products(*products[m], centred=centred, floor=self.rotation_floor)
                 tag = "procrustes_centred" if centred else "procrustes"
                 put(m, f"{tag}_angle_deg", fit.geodesic_deg)
                 put(m, f"{tag}_max_angle_deg", fit.max_deg)
                 put(m, f"{tag}_residual_frac", fit.residual_frac)
-                spectra.append(_spectrum_frame(a, b, probe, m, centred, fit.angles_deg))
+                put(m, f"{tag}_dim", fit.dim)
+                put(m, f"{tag}_variance_held", fit.variance_held)
+                spectra.append(_spectrum_frame(a, b, probe, m, centred, fit.angles_deg, fit.plane_share, fit.dim, fit.variance_held))
                 if not centred:
-                    fits[m] = fit
-            rows = self.rows[(probe, m)]
-            ov = overlap_from_indices(sa.knn[m], sb.knn[m])
-            summary = summarise_overlap(ov, population=self.sizes[(probe, m)] if rows is not None else None)
-            put(m, "knn_overlap_mean", summary.mean)
-            put(m, "knn_overlap_ci_low", summary.ci_low)
-            put(m, "knn_overlap_ci_high", summary.ci_high)
-            put(m, "knn_overlap_items", summary.n_items)
-            n = xa.shape[0]
-            frame = {"rotation_deg": rot, "topology_change_deg": topo.per_item if topo.per_item is not None else np.full(n, np.nan)}
-            full_ov = np.full(n, np.nan)
-            full_ov[slice(None) if rows is None else rows] = ov
-            frame["knn_overlap"] = full_ov
-            if sa.ranks is not None:
-                ra = sa.ranks.i2t if m == "image" else sa.ranks.t2i
-                rb = sb.ranks.i2t if m == "image" else sb.ranks.t2i
-                known = np.isfinite(ra.astype(float)) & np.isfinite(rb.astype(float))
-                lost, gained = flips(ra == 1, rb == 1)
-                direction = "i2t" if m == "image" else "t2i"
-                put("cross", f"flips_{direction}_lost", lost[known].mean())
-                put("cross", f"flips_{direction}_gained", gained[known].mean())
-                frame.update(rank_a=ra.astype(float), rank_b=rb.astype(float),
-                             flip_lost=np.where(known, lost, np.nan), flip_gained=np.where(known, gained, np.nan))
-            items.append(self._item_frame(a, b, probe, m, frame))
+                    rot = ctx.rotation(m)
+                    residual = rigid_residual_angles(xa, xb, fit)
+                    per_item, share = rigid_share(rot, residual)
+                    put(m, "rigid_share", share)
+                    put(m, "rigid_residual_mean_deg", residual.mean())
+                    ctx.item(m, "rigid_residual_deg", residual)
+                    ctx.item(m, "rigid_share", per_item)
         if len(mods) == 2:
-            t2i = self.t2i[probe]
-            change = sb.paired - sa.paired
-            put("cross", "paired_angle_change_mean_deg", change.mean())
-            put("cross", "paired_angle_abs_change_mean_deg", np.abs(change).mean())
-            mismatch = rots["image"][t2i] - rots["text"]
-            put("cross", "rotation_mismatch_mean_deg", np.abs(mismatch).mean())
-            inter = intermodal_rotation(fits["image"].R, fits["text"].R)
-            put("cross", "intermodal_rotation_deg", inter.geodesic_deg)
-            put("cross", "intermodal_rotation_max_deg", inter.max_deg)
-            spectra.append(_spectrum_frame(a, b, probe, "image_vs_text", False, inter.angles_deg))
-            put("cross", "modality_gap_a", sa.gap)
-            put("cross", "modality_gap_b", sb.gap)
-            put("cross", "modality_gap_change", sb.gap - sa.gap)
-            kl = self.kl(a, b, probe)
-            put("cross", "contrastive_kl", kl.mean)
-            put("cross", "contrastive_kl_i2t", kl.i2t)
-            put("cross", "contrastive_kl_t2i", kl.t2i)
-            put("cross", "contrastive_kl_rows", kl.n_rows_i2t + kl.n_rows_t2i)
-            for key in ("i2t_R@1", "t2i_R@1", "rsum"):
-                put("cross", f"{key}_delta", sb.scores[key] - sa.scores[key])
-            items.append(self._item_frame(a, b, probe, "cross", {
-                "paired_angle_a_deg": sa.paired, "paired_angle_b_deg": sb.paired,
-                "paired_angle_change_deg": change, "rotation_mismatch_deg": mismatch}))
-        self.timing["pairs_s"] += time.perf_counter() - t0
+            joint = joint_rotations(products["image"], products["text"], floor=self.rotation_floor)
+            put("cross", "intermodal_rotation_deg", joint.geodesic_deg)
+            put("cross", "intermodal_rotation_max_deg", joint.max_deg)
+            put("cross", "intermodal_rotation_dim", joint.dim)
+            spectra.append(_spectrum_frame(a, b, probe, "image_vs_text", False, joint.angles_deg, joint.plane_share, joint.dim,
+                                           joint.variance_held))
+
+    def stage_gram(self, stage, probe, modality) -> Gram:
+        """Gram matrix of one stage's (fit rows of) unit embeddings, computed once per stage."""
+        sd = self.stage(stage, probe)
+        if modality not in sd.gram:
+            x = self.unit(stage, probe, modality)
+            fr = self.fit_rows.get((probe, modality))
+            sd.gram[modality] = gram(x if fr is None else x[fr])
+        return sd.gram[modality]
 
     def _item_frame(self, a, b, probe, modality, cols) -> pd.DataFrame:
         n = len(next(iter(cols.values())))
@@ -398,24 +545,70 @@ class _Engine:
         return ps.table(modality)["id"].astype(str).to_numpy()
 
 
+def _proportion_ci(p: float, n: int, big_n: int) -> tuple[float, float]:
+    """95% interval of a proportion ``p`` seen on ``n`` of ``big_n`` items (normal approximation, finite-population
+    correction: zero width when every item was seen)."""
+    if not n:
+        return float("nan"), float("nan")
+    fpc = np.sqrt((big_n - n) / max(1, big_n - 1)) if n < big_n else 0.0
+    half = 1.96 * np.sqrt(p * (1 - p) / max(1, n - 1)) * fpc
+    return max(0.0, p - half), min(1.0, p + half)
+
+
 def _recall_ci(ranks: RetrievalRanks, population: dict) -> dict:
-    """95% intervals (percent; normal approximation, finite-population correction) for R@K of sampled queries."""
+    """95% intervals (percent) for R@K of sampled queries."""
     out = {}
     for direction, r in (("i2t", ranks.i2t), ("t2i", ranks.t2i)):
         r = np.asarray(r, dtype=np.float64)
         r = r[np.isfinite(r)]
-        n, big_n = len(r), population[direction]
         for k in DEFAULT_KS:
-            p = float(np.mean(r <= k)) if n else float("nan")
-            fpc = np.sqrt((big_n - n) / max(1, big_n - 1)) if n < big_n else 0.0
-            half = 1.96 * np.sqrt(p * (1 - p) / max(1, n - 1)) * fpc if n else float("nan")
-            out[f"{direction}_R@{k}"] = (100.0 * max(0.0, p - half), 100.0 * min(1.0, p + half))
+            lo, hi = _proportion_ci(float(np.mean(r <= k)) if len(r) else float("nan"), len(r), population[direction])
+            out[f"{direction}_R@{k}"] = (100.0 * lo, 100.0 * hi)
     return out
 
 
-def _spectrum_frame(a, b, probe, kind, centred, angles) -> pd.DataFrame:
+def trajectory_rows(text_to_image: np.ndarray, n_images: int, n_items: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A few evenly spaced images and the first caption of each: the items the report follows across stages."""
+    n_items = N_TRAJECTORY_ITEMS if n_items is None else n_items
+    rows = np.unique(np.linspace(0, n_images - 1, min(n_items, n_images)).round().astype(int))
+    first: dict = {}
+    for j, i in enumerate(np.asarray(text_to_image)):
+        first.setdefault(int(i), j)
+    keep = np.array([r for r in rows if int(r) in first], dtype=int)
+    return keep, np.array([first[int(r)] for r in keep], dtype=int)
+
+
+def trajectory_frame(paths: dict, stages: list[str], probe: str, labels: dict) -> pd.DataFrame:
+    """Displacements of the followed items from their first-stage position, on the two principal directions.
+
+    ``paths[modality]`` is [stages, items, d] (unit rows). Items sit far apart compared with how far they move, so
+    each path starts at the origin; ``explained_pct`` is the share of all displacement the two directions show and
+    ``step_deg`` the angle an item moved since the previous stage.
+    """
+    frames = []
+    for m, stack in paths.items():
+        stack = np.asarray(stack, dtype=np.float64)
+        if stack.shape[0] < 2 or stack.shape[1] == 0:
+            continue
+        disp = stack - stack[0]
+        _, sv, vt = np.linalg.svd(disp[1:].reshape(-1, disp.shape[-1]), full_matrices=False)
+        vt = np.vstack([vt[:2], np.zeros((max(0, 2 - len(vt)), vt.shape[1]))])
+        coords = disp @ vt[:2].T
+        explained = float((sv[:2] ** 2).sum() / max((sv**2).sum(), 1e-12) * 100)
+        steps = np.vstack([np.full((1, stack.shape[1]), np.nan), np.linalg.norm(np.diff(stack, axis=0), axis=-1)])
+        step_deg = np.degrees(2 * np.arcsin(np.clip(steps / 2, 0, 1)))
+        for si, stage in enumerate(stages):
+            frames.append(pd.DataFrame({"probe": probe, "modality": m, "item": np.arange(stack.shape[1]), "label": labels[m],
+                                        "stage": stage, "x": coords[si, :, 0], "y": coords[si, :, 1], "step_deg": step_deg[si],
+                                        "explained_pct": explained}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
+
+
+def _spectrum_frame(a, b, probe, kind, centred, angles, shares, dim, held) -> pd.DataFrame:
+    """One row per rotation plane: its angle, the share of the two stages' variance it carries, and the fit's subspace."""
     return pd.DataFrame({"stage_a": a, "stage_b": b, "probe": probe, "kind": kind, "centred": centred,
-                         "index": np.arange(len(angles)), "angle_deg": angles})
+                         "index": np.arange(len(angles)), "angle_deg": angles, "variance_share": shares, "dim": dim,
+                         "variance_held": held})
 
 
 def default_pairs(stages: list[str], ref: int | str = 0, consecutive: bool = True) -> list[tuple[str, str]]:
@@ -454,11 +647,39 @@ def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None)
     summary = pd.DataFrame(out["summary"], columns=SUMMARY_COLUMNS)
     items = pd.concat(out["items"], ignore_index=True) if out["items"] else pd.DataFrame(columns=SUMMARY_COLUMNS[:4] + ["row", "id"])
     spectra = pd.concat(out["spectra"], ignore_index=True) if out["spectra"] else pd.DataFrame(
-        columns=["stage_a", "stage_b", "probe", "kind", "centred", "index", "angle_deg"])
+        columns=SPECTRUM_COLUMNS)
     retrieval_df = pd.DataFrame(retrieval, columns=["stage", "probe", "direction", "metric", "value"])
     paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(columns=["stage", "probe", "row", "id", "paired_angle_deg"])
     continual = continual_from_retrieval(retrieval_df, list(stages), learned_at)
-    return summary, items, retrieval_df, spectra, paired_df, continual
+    return dict(summary=summary, items=items, retrieval=retrieval_df, spectra=spectra, paired=paired_df, continual=continual,
+                cross_stage=_cross_stage_frame(engine, stages), trajectories=_trajectories(engine, stages))
+
+
+def _cross_stage_frame(engine: _Engine, stages) -> pd.DataFrame:
+    """Cross-stage image-to-text R@1 of every (image stage, text stage) cell, per probe set with both modalities."""
+    rows = []
+    if 1 < len(stages) <= CROSS_STAGE_MAX_STAGES:
+        for probe, mods in engine.probes.items():
+            if len(mods) != 2:
+                continue
+            for txt in stages:  # text stage outermost: each caption gallery is normalised once
+                for img in stages:
+                    c = engine.cross_stage_r1(img, txt, probe)
+                    rows.append((probe, img, txt, c.value, c.ci_low, c.ci_high, c.queries))
+    return pd.DataFrame(rows, columns=CROSS_STAGE_COLUMNS)
+
+
+def _trajectories(engine: _Engine, stages) -> pd.DataFrame:
+    """The followed items of every probe set and modality, as displacement paths (see ``trajectory_frame``)."""
+    frames = []
+    for probe, mods in engine.probes.items():
+        paths = {m: np.stack([engine.stage(s, probe).trajectory[m] for s in stages]) for m in mods}
+        labels = {m: [str(x)[:18] for x in engine.ids(probe, m, engine.sizes[(probe, m)])[engine.trajectory_rows[(probe, m)]]]
+                  for m in mods}
+        labels = {m: labels["image" if "image" in mods else m] for m in mods}  # a caption is labelled by its image
+        frames.append(trajectory_frame(paths, list(stages), probe, labels))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
 
 
 def _meta(engine: _Engine, stages, pairs, extra) -> dict:
@@ -470,6 +691,7 @@ def _meta(engine: _Engine, stages, pairs, extra) -> dict:
         "fast_queries": engine.fast_queries if engine.fast else None,
         "knn_queries": {f"{p}/{m}": (engine.sizes[(p, m)] if r is None else len(r)) for (p, m), r in engine.rows.items()},
         "topology_max_items": engine.topology_max_items,
+        "rotation_floor": engine.rotation_floor,
         "procrustes_rows": {f"{p}/{m}": (engine.sizes[(p, m)] if (p, m) not in engine.fit_rows else len(engine.fit_rows[(p, m)]))
                             for (p, m) in engine.sizes},
         "temperature": engine.temperature,
@@ -502,6 +724,7 @@ def analyze_run(
     fast_queries: int = FAST_QUERIES,
     fast_rows: int = FAST_ROWS,
     topology_max_items: int = EXACT_TOPOLOGY_MAX,
+    rotation_floor: float = DEFAULT_FLOOR,
 ) -> RunAnalysis:
     """Analyse a run opened with ``open_run``: every metric for every stage pair and probe set.
 
@@ -533,19 +756,19 @@ def analyze_run(
     mods = {p: MODALITIES for p in names}
     t2i = {p: run.probes[p].text_to_image for p in names}
     engine = _Engine(run.embeddings, used, mods, t2i, k=k, fast=fast, backend=backend, seed=seed, temperature=temperature,
-                     fast_queries=fast_queries, fast_rows=fast_rows, topology_max_items=topology_max_items, progress=progress,
+                     fast_queries=fast_queries, fast_rows=fast_rows, topology_max_items=topology_max_items, progress=progress, rotation_floor=rotation_floor,
                      id_tables={p: run.probes[p] for p in names})
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     t = time.perf_counter()
     tables = _run_engine(engine, pairs, used, progress, learned)
-    meta = _meta(engine, used, pairs, {"run": str(run.path), "total_s": round(time.perf_counter() - t, 3)})
-    return RunAnalysis(*tables, meta=meta, probes={p: run.probes[p] for p in names})
+    meta = _meta(engine, used, pairs, {"run": str(run.path), "ref": ref_name, "total_s": round(time.perf_counter() - t, 3)})
+    return RunAnalysis(**tables, meta=meta, probes={p: run.probes[p] for p in names}, text_to_image=t2i)
 
 
 def analyze_arrays(reference: dict, candidate: dict, text_to_image=None, *, k: int = 10, fast: bool = False,
                    backend: str | Backend = "auto", seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                    fast_queries: int = FAST_QUERIES, fast_rows: int = FAST_ROWS,
-                   topology_max_items: int = EXACT_TOPOLOGY_MAX) -> RunAnalysis:
+                   topology_max_items: int = EXACT_TOPOLOGY_MAX, rotation_floor: float = DEFAULT_FLOOR) -> RunAnalysis:
     """Compare two embeddings of the same items without a run: ``{"image": [n, d], "text": [m, d]}`` each.
 
     Either modality may be absent (cross-modal metrics then need both). With both present and no
@@ -571,9 +794,9 @@ def analyze_arrays(reference: dict, candidate: dict, text_to_image=None, *, k: i
     stages = {"reference": reference, "candidate": candidate}
     engine = _Engine(lambda s, p, m: stages[s][m], list(stages), {"arrays": mods}, {"arrays": t2i}, k=k, fast=fast,
                      backend=backend, seed=seed, temperature=temperature, fast_queries=fast_queries, fast_rows=fast_rows,
-                     topology_max_items=topology_max_items)
+                     topology_max_items=topology_max_items, rotation_floor=rotation_floor)
     pairs = [("reference", "candidate")]
     t = time.perf_counter()
     tables = _run_engine(engine, pairs, list(stages))
-    meta = _meta(engine, list(stages), pairs, {"run": None, "total_s": round(time.perf_counter() - t, 3)})
-    return RunAnalysis(*tables, meta=meta)
+    meta = _meta(engine, list(stages), pairs, {"run": None, "ref": "reference", "total_s": round(time.perf_counter() - t, 3)})
+    return RunAnalysis(**tables, meta=meta, text_to_image={} if t2i is None else {"arrays": t2i})

@@ -92,7 +92,8 @@ def _analyse(run, args, ref=0):
         raise InputError(f"{run.path}: the run holds one stage ({run.stages[0]!r}); sd-analyze compares stages, so it needs at "
                          "least two (append one with RunWriter.open(RUN).write_stage)")
     try:
-        return analyze_run(run, ref=ref, probes=args.probe or None, k=args.k, fast=args.fast, backend=args.backend, progress=_interactive())
+        return analyze_run(run, ref=ref, probes=args.probe or None, k=args.k, fast=args.fast, backend=args.backend, seed=args.seed,
+                           progress=_interactive())
     except KeyError as exc:  # unknown stage name or index
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
 
@@ -106,8 +107,7 @@ def _cmd_analyze(args) -> int:
     ref = _stage_arg(args.ref)
     analysis = _analyse(run, args, ref)
     t_report = time.perf_counter()
-    report = make_report(analysis, run, ref=run.stage_name(ref) if isinstance(ref, int) else ref, backend=args.backend,
-                         progress=_interactive())
+    report = make_report(analysis, run, svg=args.svg, progress=_interactive())
     out = report.write(Path(args.out) if args.out else run.path / "report")
     print(report.summary_text)
     print(f"backend {analysis.meta.get('backend')}, k={analysis.meta.get('k')}, fast={analysis.meta.get('fast')}; "
@@ -124,7 +124,7 @@ def _cmd_compare(args) -> int:
     runs = [open_run(p) for p in args.runs]
     check_same_items(runs)  # refuse before any work
     analyses = [_analyse(run, args, _stage_arg(args.ref)) for run in runs]
-    report = compare_runs(runs, analyses)
+    report = compare_runs(runs, analyses, svg=args.svg)
     names = run_names(runs)
     out = Path(args.out) if args.out else runs[0].path / f"compare-{'-'.join(names[1:])}"
     out = report.write(out)
@@ -244,12 +244,17 @@ def _cmd_bridge(args) -> int:
     return 0
 
 
-def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ref", default="0", help="reference stage (index or name; default 0)")
+def _add_analysis_options(p: argparse.ArgumentParser, ref: bool = True, report: bool = False) -> None:
+    """The analysis options, declared once for analyze, compare and check (``report``: the report's own options)."""
+    if ref:
+        p.add_argument("--ref", default="0", help="reference stage (index or name; default 0)")
     p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set to analyse (repeatable; default all)")
     p.add_argument("--k", type=int, default=10, help="neighbours for the kNN metrics (default 10)")
-    p.add_argument("--fast", action="store_true", help="sample query items for the kNN and retrieval metrics")
+    p.add_argument("--fast", action="store_true", help="sample query items for the kNN, retrieval and cross-stage metrics")
     p.add_argument("--backend", default="auto", help="neighbour search: auto, faiss, faiss-ivf, torch, numpy")
+    p.add_argument("--seed", type=int, default=0, help="seed of every sampled subset (default 0)")
+    if report:
+        p.add_argument("--svg", action="store_true", help="also write every figure as SVG (PNG is always written)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,13 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("analyze", help="analyse a run and write its report (the default command)")
     p.add_argument("run_dir")
-    _add_analysis_options(p)
+    _add_analysis_options(p, report=True)
     p.add_argument("--out", help="report folder (default RUN_DIR/report)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("compare", help="compare runs over the same probe items and stages")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    _add_analysis_options(p)
+    _add_analysis_options(p, report=True)
     p.add_argument("--out", help="report folder (default RUN_A/compare-<other runs>)")
     p.set_defaults(func=_cmd_compare)
 
@@ -280,11 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-to-image", metavar="NPY", help="image row of every caption (.npy of ints; default: caption j <-> image j)")
     p.add_argument("--thresholds", metavar="TOML", help="thresholds file (see docs/gate.md)")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
-    p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set to check (repeatable; default all)")
-    p.add_argument("--k", type=int, default=10, help="neighbours for the kNN metrics (default 10)")
-    p.add_argument("--fast", action="store_true", help="sample query items for the kNN and retrieval metrics")
-    p.add_argument("--backend", default="auto", help="neighbour search: auto, faiss, faiss-ivf, torch, numpy")
-    p.add_argument("--seed", type=int, default=0)
+    _add_analysis_options(p, ref=False)
     p.add_argument("--calibrate", action="store_true", help="propose thresholds from a null band instead of checking")
     p.add_argument("--null", action="append", default=[], metavar="RUN", help="with --calibrate: a known-good run with another seed (repeatable)")
     p.add_argument("--replicates", type=int, default=20, help="item subsamples for --calibrate (default 20)")

@@ -13,7 +13,6 @@ from spatial_disorder.analysis import analyze_run
 from spatial_disorder.errors import InputError
 from spatial_disorder.report import compare_runs, make_report, write_folder
 from spatial_disorder.report import figures as F
-from spatial_disorder.report.flips import flipped_items
 from spatial_disorder.report.metrics_json import json_schema
 from spatial_disorder.run import ProbeSet, open_run, write_run
 from spatial_disorder.synthetic import uniform_rotation as plane_rotation
@@ -56,7 +55,7 @@ def test_report_writes_every_file(planted, tmp_path):
                 "trajectories_val", "overlap_heatmap_val", "rotation_scatter_val", "paired_angle_val", "flips_val", "topology_val"):
         assert key in keys, key
         assert (out / "figures" / f"{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        ET.parse(out / "figures" / f"{key}.svg")  # well-formed SVG
+    assert not list((out / "figures").glob("*.svg"))  # SVG only on request
     csv = pd.read_csv(out / "tables" / "summary.csv")
     assert len(csv) == len(analysis.summary)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
@@ -79,11 +78,17 @@ def test_metrics_json_follows_its_schema(planted, tmp_path):
     out = report.write(tmp_path / "r")
     doc = json.loads((out / "metrics.json").read_text())
     jsonschema.validate(doc, json_schema())
-    assert doc["schema"] == "spatial-disorder-metrics" and doc["version"] == 1
+    assert doc["schema"] == "spatial-disorder-metrics" and doc["version"] == 2
     assert doc["run"]["stages"] == ["s0", "s1", "s2"] and doc["run"]["probes"]["val"] == {"n_images": 40, "n_texts": 40}
     rot = [r for r in doc["summary"] if r["metric"] == "rotation_mean_deg" and r["stage_a"] == "s0" and r["stage_b"] == "s1"]
     assert [round(r["value"], 4) for r in rot] == [10.0, 10.0]
     assert doc["metrics"]["rotation_mean_deg"]["worse_when"] == "higher"
+    assert doc["metrics"]["rotation_mean_deg"]["headline"] is True and doc["metrics"]["topology_pairs"]["calibrate"] is False
+    # the cross-stage matrix and the trajectories the report draws are in metrics.json
+    assert len(doc["cross_stage"]) == 9 and len(doc["trajectories"]) == len(analysis.trajectories) > 0
+    r1 = {r["stage"]: r["value"] for r in doc["retrieval"] if r["direction"] == "i2t" and r["metric"] == "R@1"}
+    diag = {r["image_stage"]: r["value"] for r in doc["cross_stage"] if r["image_stage"] == r["text_stage"]}
+    assert diag == pytest.approx(r1)  # all 40 images queried: the diagonal is ordinary retrieval, computed another way
 
 
 def test_html_escapes_every_data_value(tmp_path):
@@ -110,7 +115,7 @@ def _brute_t2i_top1(run, stage):
 
 def test_flipped_items_known_answer(tmp_path):
     run = planted_run(tmp_path / "flip", d=16, shuffle_last=True)
-    fl = flipped_items(run, "val", "s0", "s2")
+    fl = analyze_run(run).flipped_items("val", "s0", "s2")
     hit_a, hit_b = _brute_t2i_top1(run, "s0"), _brute_t2i_top1(run, "s2")
     assert hit_a.sum() > 30 and hit_b.sum() < 5  # the shuffle really destroys text->image retrieval
     lost = fl[(fl["direction"] == "t2i") & (fl["change"] == "lost")]
@@ -120,6 +125,15 @@ def test_flipped_items_known_answer(tmp_path):
     assert (lost["rank_a"] == 1).all() and (lost["rank_b"] > 1).all()
     row = int(lost["row"].iloc[0])
     assert lost.set_index("row").loc[row, "caption"] == f"caption {row}"
+
+
+def test_svg_written_on_request(planted, tmp_path):
+    run, analysis, _ = planted
+    out = make_report(analysis, run, svg=True).write(tmp_path / "svg")
+    svgs = list((out / "figures").glob("*.svg"))
+    assert len(svgs) == len(list((out / "figures").glob("*.png"))) > 0
+    for f in svgs:
+        ET.parse(f)  # well-formed SVG
 
 
 def test_compare_side_by_side(tmp_path):
@@ -170,7 +184,7 @@ def _frames():
          "row": [0, 1, 0, 1, 2], "id": list("xyuvw"), "rotation_deg": [10.0, 20.0, 12.0, 18.0, 30.0]}
     )
     return SimpleNamespace(summary=summary, items=items, retrieval=pd.DataFrame(columns=["stage", "probe", "direction", "metric", "value"]),
-                           spectra=None, paired=None, meta={"stages": ["a", "b", "c"]})
+                           spectra=None, paired=None, meta={"stages": ["a", "b", "c"]}, stages=["a", "b", "c"])
 
 
 def test_pair_matrix_fills_computed_pairs_only():

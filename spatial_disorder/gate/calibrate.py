@@ -22,9 +22,12 @@ from .thresholds import Threshold
 
 BAND_COLUMNS = ["probe", "modality", "metric", "observed", "lo", "hi", "n", "observed_min", "observed_max", "identity_min", "identity_max"]
 
-# Bookkeeping values, not quality measures: never proposed as thresholds.
-SKIP = {"topology_pairs", "knn_overlap_items", "knn_overlap_ci_low", "knn_overlap_ci_high", "modality_gap_a", "modality_gap_b",
-        "contrastive_kl_rows"}
+
+def bookkeeping() -> set[str]:
+    """Bookkeeping values, not quality measures (registry flag ``calibrate`` off): never proposed as thresholds."""
+    from ..metrics.registry import METRICS
+
+    return {name for name, info in METRICS.items() if not info.calibrate}
 
 
 def subsample(c: Comparison, fraction: float, rng: np.random.Generator) -> Comparison:
@@ -74,7 +77,7 @@ def null_band(groups: list[list[Comparison]], replicates: int = 20, fraction: fl
             s["source"], s["replicate"] = g, r
             values.append(s)
     allv = pd.concat(values, ignore_index=True)
-    allv = allv[~allv["metric"].isin(SKIP)]
+    allv = allv[~allv["metric"].isin(bookkeeping())]
     rows = []
     for (probe, mod, metric), grp in allv.groupby(["probe", "modality", "metric"], sort=False):
         same = grp.loc[grp["replicate"] == -2, "value"].astype(float).to_numpy()
@@ -117,7 +120,7 @@ def propose(band: pd.DataFrame, slack: float = 1.0, severity: str = "fail", skip
     out = []
     for row in band.itertuples(index=False):
         info = METRICS.get(row.metric)
-        if info is None or row.metric in SKIP:
+        if info is None or row.metric in bookkeeping():
             continue
         bound, reason = _bound(row, info.worse_when, slack)
         if bound is None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..run.compat import check_same_items
 
 
 @dataclass
@@ -57,13 +58,9 @@ def from_runs(reference, candidate, stage=-1, probes=None) -> list[Comparison]:
     """The same stage (default: each run's last) of two runs over the same probe items."""
     out = []
     sa, sb = _stage(reference, stage), _stage(candidate, stage)
-    for p in _probe_names(reference, probes):
-        if p not in candidate.probes:
-            raise InputError(f"{candidate.path}: has no probe set {p!r} (it has {list(candidate.probes)})")
-        for mod, ta, tb in (("image", reference.probes[p].images, candidate.probes[p].images),
-                            ("text", reference.probes[p].texts, candidate.probes[p].texts)):
-            if ta["id"].astype(str).tolist() != tb["id"].astype(str).tolist():
-                raise InputError(f"{candidate.path}: probe set {p!r} holds different {mod} items than {reference.path}")
+    names = _probe_names(reference, probes)
+    check_same_items(reference, candidate, names, purpose="check")
+    for p in names:
         out.append(Comparison(p, _arrays(reference, sa, p), _arrays(candidate, sb, p), reference.probes[p].text_to_image,
                               f"{Path(str(reference.path)).name}:{sa} -> {Path(str(candidate.path)).name}:{sb}"))
     return out

@@ -60,9 +60,10 @@ def _toml_module():
 
 
 def valid_metrics() -> dict:
+    """Metrics a thresholds file may name: those registered with the ``gate`` flag."""
     from ..metrics.registry import METRICS
 
-    return dict(METRICS)
+    return {name: info for name, info in METRICS.items() if info.gate}
 
 
 def parse_thresholds(text: str, source: str = "<thresholds>") -> list[Threshold]:

@@ -1,4 +1,10 @@
-"""The catalogue of summary metrics: name, modality kind, unit, formula, and which direction is worse.
+"""The metric registry: every metric family declared once, with its metrics and what it computes.
+
+A ``Family`` states its metric names, units, modality kind, better direction, report section, and which
+metrics are headline / compared / gated / calibrated (``MetricInfo`` flags), and computes its values per
+stage pair from a ``PairContext`` (spatial_disorder/analysis.py). ``register`` adds a family; the analysis
+engine loops over ``FAMILIES``; metrics.json, the report, ``compare``, ``check`` and ``check --calibrate``
+read the flags. The built-in families live in ``metrics/families.py`` (docs/metrics.md: "Adding a metric").
 
 ``kind`` is ``"intra"`` (reported separately for the image and the text modality) or ``"cross"``.
 ``symmetry`` says what swapping stages a and b does: ``symmetric`` (unchanged), ``antisymmetric``
@@ -8,11 +14,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal", "other")
 
 
 @dataclass(frozen=True)
 class MetricInfo:
+    """One summary metric. The flags say where it is used: ``headline`` (terminal and overview table, in
+    registration order), ``compare`` (the ``sd-analyze compare`` figures), ``gate`` (may be named in a thresholds
+    file) and ``calibrate`` (``check --calibrate`` proposes a threshold; off for bookkeeping values)."""
+
     name: str
     kind: str
     unit: str
@@ -20,10 +33,21 @@ class MetricInfo:
     formula: str
     worse_when: str
     symmetry: str = "symmetric"
+    section: str = "other"
+    family: str = ""
+    headline: bool = False
+    compare: bool = False
+    gate: bool = True
+    calibrate: bool = True
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return ("image", "text") if self.kind == "intra" else ("cross",)
+
+    @property
+    def better(self) -> str:
+        """``"lower"`` or ``"higher"``: the direction in which the metric improves."""
+        return "lower" if self.worse_when == "higher" else "higher"
 
 
 def _m(*args, **kw) -> tuple[str, MetricInfo]:
@@ -31,69 +55,44 @@ def _m(*args, **kw) -> tuple[str, MetricInfo]:
     return info.name, info
 
 
+# The rigid-rotation catalogue, adopted as is by the "procrustes" family (metrics/families.py); every other
+# family declares its metrics where it computes them. After import, METRICS holds every registered metric.
 METRICS: dict[str, MetricInfo] = dict(
     [
-        _m("rotation_mean_deg", "intra", "deg", "Mean per-item rotation angle (the paper's rotation-angle matrix entry).",
-           "mean_i angle(a_i, b_i)", "higher"),
-        _m("rotation_median_deg", "intra", "deg", "Median per-item rotation angle.", "median_i angle(a_i, b_i)", "higher"),
-        _m("rotation_p10_deg", "intra", "deg", "10th percentile of per-item rotation angles.", "p10_i angle(a_i, b_i)", "higher"),
-        _m("rotation_p90_deg", "intra", "deg", "90th percentile of per-item rotation angles.", "p90_i angle(a_i, b_i)", "higher"),
-        _m("topology_change_mean_deg", "intra", "deg",
-           "Mean change of the angle between two items of one modality (the paper's self-angle matrix); exact or on sampled pairs.",
-           "mean_{i<j} |angle(a_i, a_j) - angle(b_i, b_j)|", "higher"),
-        _m("topology_pairs", "intra", "count", "Number of item pairs behind topology_change_mean_deg.", "n(n-1)/2 or the sample size", "lower"),
-        _m("procrustes_angle_deg", "intra", "deg", "Geodesic angle of the best orthogonal map R from a to b (uncentred).",
-           "sqrt(sum_planes theta_p^2), R = argmin ||A R - B||_F", "higher"),
-        _m("procrustes_max_angle_deg", "intra", "deg", "Largest plane angle of the Procrustes rotation (uncentred).", "max_p theta_p", "higher"),
+        _m("procrustes_angle_deg", "intra", "deg",
+           "Geodesic angle of the best proper rotation R from a to b, fitted where the data live (the principal subspace of "
+           "both stages: directions with at least a tenth of the average variance).",
+           "sqrt(sum_planes theta_p^2), R = argmin ||A R - B||_F over rotations of span(U)", "higher"),
+        _m("procrustes_max_angle_deg", "intra", "deg", "Largest plane angle of that rotation.", "max_p theta_p", "higher"),
         _m("procrustes_residual_frac", "intra", "fraction",
-           "Share of the change not explained by a rigid rotation (0: pure rotation, 1: nothing explained).",
+           "Share of the change not explained by the rigid rotation (0: pure rotation, 1: nothing explained).",
            "||A R - B||^2 / ||A - B||^2", "higher"),
-        _m("procrustes_centred_angle_deg", "intra", "deg", "Geodesic Procrustes angle after centring both stages.",
+        _m("procrustes_dim", "intra", "count", "Dimension r of the principal subspace the rotation was fitted in.",
+           "#{k : lambda_k(M) >= floor * tr(M) / d}, M = (A^T A + B^T B) / 2n", "higher", calibrate=False),
+        _m("procrustes_variance_held", "intra", "fraction", "Share of the two stages' variance inside that subspace.",
+           "sum_{k <= r} lambda_k(M) / tr(M)", "lower", calibrate=False),
+        _m("procrustes_centred_angle_deg", "intra", "deg", "Geodesic Procrustes angle after centring both stages (same rule).",
            "as procrustes_angle_deg on A - mean(A), B - mean(B)", "higher"),
         _m("procrustes_centred_max_angle_deg", "intra", "deg", "Largest plane angle of the centred Procrustes rotation.",
            "max_p theta_p (centred)", "higher"),
         _m("procrustes_centred_residual_frac", "intra", "fraction", "Residual fraction after centring both stages.",
            "||A_c R_c - B_c||^2 / ||A_c - B_c||^2", "higher"),
-        _m("knn_overlap_mean", "intra", "fraction", "Mean share of an item's k nearest neighbours (cosine, same modality) kept from a to b.",
-           "mean_i |N_k^a(i) & N_k^b(i)| / k", "lower"),
-        _m("knn_overlap_ci_low", "intra", "fraction", "Lower end of the 95% CI of knn_overlap_mean (equals the mean in exact mode).",
-           "mean - 1.96 s / sqrt(q) * fpc", "lower"),
-        _m("knn_overlap_ci_high", "intra", "fraction", "Upper end of the 95% CI of knn_overlap_mean.", "mean + 1.96 s / sqrt(q) * fpc", "lower"),
-        _m("knn_overlap_items", "intra", "count", "Number of query items behind knn_overlap_mean (all items in exact mode).",
-           "n or the sample size q", "lower"),
-        _m("paired_angle_change_mean_deg", "cross", "deg", "Mean change of the angle between each caption and its image (b minus a).",
-           "mean_j [angle(b^T_j, b^I_{g(j)}) - angle(a^T_j, a^I_{g(j)})]", "higher", "antisymmetric"),
-        _m("paired_angle_abs_change_mean_deg", "cross", "deg", "Mean absolute change of the caption-image angle.",
-           "mean_j |Delta paired angle_j|", "higher"),
-        _m("rotation_mismatch_mean_deg", "cross", "deg",
-           "Mean absolute difference between the rotation angle of a caption's image and of the caption itself.",
-           "mean_j |rot^I_{g(j)} - rot^T_j|", "higher"),
-        _m("intermodal_rotation_deg", "cross", "deg", "Geodesic angle of R_image^T R_text: how differently the two modalities rotated.",
-           "sqrt(sum_planes theta_p(R_I^T R_T)^2)", "higher"),
+        _m("procrustes_centred_dim", "intra", "count", "Dimension of the centred fit's principal subspace.",
+           "as procrustes_dim on the pooled covariance", "higher", calibrate=False),
+        _m("procrustes_centred_variance_held", "intra", "fraction", "Share of the pooled covariance inside the centred subspace.",
+           "as procrustes_variance_held on the pooled covariance", "lower", calibrate=False),
+        _m("rigid_share", "intra", "fraction",
+           "How much of the items' movement the best rigid rotation explains (1: a rotation a d x d matrix can undo; "
+           "0: a change of shape).", "1 - sum_i angle(a_i R, b_i)^2 / sum_i angle(a_i, b_i)^2", "lower"),
+        _m("rigid_residual_mean_deg", "intra", "deg",
+           "Mean angle between each item's rigidly rotated old position and its new one: the movement no rotation explains.",
+           "mean_i angle(a_i R, b_i)", "higher"),
+        _m("intermodal_rotation_deg", "cross", "deg",
+           "Geodesic angle of R_image^T R_text, both fitted in the principal subspace of the two modalities at both stages: "
+           "how differently the two modalities rotated.", "sqrt(sum_planes theta_p(R_I^T R_T)^2)", "higher"),
         _m("intermodal_rotation_max_deg", "cross", "deg", "Largest plane angle of R_image^T R_text.", "max_p theta_p(R_I^T R_T)", "higher"),
-        _m("modality_gap_a", "cross", "distance", "Modality gap at stage a.", "||mean_i a^I_i - mean_j a^T_j||_2", "higher"),
-        _m("modality_gap_b", "cross", "distance", "Modality gap at stage b.", "||mean_i b^I_i - mean_j b^T_j||_2", "higher"),
-        _m("modality_gap_change", "cross", "distance", "Change of the modality gap (b minus a).", "gap_b - gap_a", "higher", "antisymmetric"),
-        _m("flips_i2t_lost", "cross", "fraction", "Share of images retrieved at rank 1 at a and not at b (image-to-text).",
-           "mean_i [r^a_i = 1 and r^b_i > 1]", "higher", "antisymmetric"),
-        _m("flips_i2t_gained", "cross", "fraction", "Share of images not at rank 1 at a and at rank 1 at b (image-to-text).",
-           "mean_i [r^a_i > 1 and r^b_i = 1]", "lower", "antisymmetric"),
-        _m("flips_t2i_lost", "cross", "fraction", "Share of captions retrieved at rank 1 at a and not at b (text-to-image).",
-           "mean_j [r^a_j = 1 and r^b_j > 1]", "higher", "antisymmetric"),
-        _m("flips_t2i_gained", "cross", "fraction", "Share of captions not at rank 1 at a and at rank 1 at b (text-to-image).",
-           "mean_j [r^a_j > 1 and r^b_j = 1]", "lower", "antisymmetric"),
-        _m("contrastive_kl", "cross", "nats",
-           "Off-diagonal KL between the stages' contrastive-matrix rows (softmax of cosines / temperature), mean of both directions.",
-           "mean over rows r of KL(softmax(S^a_r / tau) || softmax(S^b_r / tau))", "higher", "none"),
-        _m("contrastive_kl_i2t", "cross", "nats", "contrastive_kl over image rows only.", "as contrastive_kl, image rows", "higher", "none"),
-        _m("contrastive_kl_t2i", "cross", "nats", "contrastive_kl over caption rows only.", "as contrastive_kl, caption rows", "higher", "none"),
-        _m("contrastive_kl_rows", "cross", "count", "Rows (image rows + caption rows) behind contrastive_kl.", "all rows or the sample",
-           "lower"),
-        _m("i2t_R@1_delta", "cross", "percent points", "Change of image-to-text R@1 (candidate b minus reference a).",
-           "R@1_i2t(b) - R@1_i2t(a)", "lower", "antisymmetric"),
-        _m("t2i_R@1_delta", "cross", "percent points", "Change of text-to-image R@1 (candidate b minus reference a).",
-           "R@1_t2i(b) - R@1_t2i(a)", "lower", "antisymmetric"),
-        _m("rsum_delta", "cross", "percent points", "Change of rsum (b minus a).", "rsum(b) - rsum(a)", "lower", "antisymmetric"),
+        _m("intermodal_rotation_dim", "cross", "count", "Dimension of the shared subspace of the inter-modal comparison.",
+           "as procrustes_dim on the four pooled clouds", "higher", calibrate=False),
     ]
 )
 
@@ -125,17 +124,73 @@ def value_range(name: str) -> tuple[float, float]:
     return lo, hi
 
 
-# per-item columns of RunAnalysis.items, with units
-ITEM_COLUMNS = {
-    "rotation_deg": ("intra", "deg"),
-    "topology_change_deg": ("intra", "deg"),
-    "knn_overlap": ("intra", "fraction"),
-    "paired_angle_a_deg": ("cross", "deg"),
-    "paired_angle_b_deg": ("cross", "deg"),
-    "paired_angle_change_deg": ("cross", "deg"),
-    "rotation_mismatch_deg": ("cross", "deg"),
-    "rank_a": ("cross", "rank"),
-    "rank_b": ("cross", "rank"),
-    "flip_lost": ("cross", "bool"),
-    "flip_gained": ("cross", "bool"),
-}
+# per-item columns of RunAnalysis.items: column -> (kind, unit)
+ITEM_COLUMNS: dict[str, tuple[str, str]] = {}  # filled by the families
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family, declared once: its metrics (with their flags) and what it computes per stage pair.
+
+    ``pair(ctx)`` is called once per stage pair and probe set with a ``PairContext`` (spatial_disorder/analysis.py);
+    it reads cached per-stage results (``ctx.sa``, ``ctx.sb``, ``ctx.rotation(m)``, ...) and writes summary values
+    with ``ctx.put(modality, metric, value)`` and per-item columns with ``ctx.item(modality, column, values)``.
+    ``items`` declares those per-item columns: column -> (kind, unit).
+    """
+
+    name: str
+    section: str
+    metrics: tuple[MetricInfo, ...]
+    pair: Callable | None = None
+    items: dict = field(default_factory=dict)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add a family (replacing one of the same name); its metrics join ``METRICS`` with family and section filled in.
+
+    A metric name may belong to one family only; entries of the catalogue above that no family has claimed yet
+    may be adopted.
+    """
+    if family.section not in SECTIONS:
+        raise ValueError(f"family {family.name!r}: section {family.section!r} is not one of {SECTIONS}")
+    if family.name in FAMILIES:
+        unregister(family.name)
+    claimed = []
+    for m in family.metrics:
+        old = METRICS.get(m.name)
+        if old is not None and old.family and old.family != family.name:
+            raise ValueError(f"family {family.name!r}: metric {m.name!r} already belongs to family {old.family!r}")
+        section = m.section if m.section != "other" else family.section
+        claimed.append(replace(m, family=family.name, section=section))
+    for m in claimed:
+        METRICS[m.name] = m
+    ITEM_COLUMNS.update(family.items)
+    FAMILIES[family.name] = replace(family, metrics=tuple(claimed))
+    return FAMILIES[family.name]
+
+
+def unregister(name: str) -> None:
+    """Remove a family and its metrics (for tests and notebooks that register a toy family)."""
+    family = FAMILIES.pop(name, None)
+    if family is None:
+        return
+    for m in family.metrics:
+        METRICS.pop(m.name, None)
+    for col in family.items:
+        ITEM_COLUMNS.pop(col, None)
+
+
+def flagged(flag: str) -> list[MetricInfo]:
+    """Registered metrics with ``flag`` set ("headline", "compare", "gate" or "calibrate"), in registration order."""
+    return [m for f in FAMILIES.values() for m in f.metrics if getattr(m, flag)]
+
+
+def section_metrics(section: str) -> list[str]:
+    """Names of the registered metrics shown in a report section, in registration order."""
+    return [m.name for f in FAMILIES.values() for m in f.metrics if m.section == section]
+
+
+from . import families as _families  # noqa: E402,F401  (registers the built-in families)

@@ -14,38 +14,26 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..jsonutil import records
+from ..metrics.registry import METRICS, flagged
+from ..run.compat import check_same_items as same_items
 from .figures import ReportFigure, _figure, render_figure, stage_order
 from .html import Section, kv_table, page
 from .output import report_files, write_folder
 from .style import color_cycle, report_style
 from .tables import definitions
 
-COMPARE_METRICS = (
-    ("rotation_mean_deg", "image"),
-    ("rotation_mean_deg", "text"),
-    ("knn_overlap_mean", "image"),
-    ("knn_overlap_mean", "text"),
-    ("topology_change_mean_deg", "image"),
-    ("topology_change_mean_deg", "text"),
-    ("paired_angle_change_mean_deg", "cross"),
-    ("rotation_mismatch_mean_deg", "cross"),
-    ("intermodal_rotation_deg", "cross"),
-)
+
+def compare_metrics() -> list[tuple[str, str]]:
+    """(metric, modality) panels of the comparison figures: every registered metric flagged ``compare``."""
+    return [(m.name, mod) for m in flagged("compare") for mod in m.modalities]
 
 
 def check_same_items(runs) -> None:
     """Refuse runs whose probe sets (names and item ids) or stage counts differ (one clear line)."""
     first = runs[0]
     for other in runs[1:]:
-        a, b = sorted(first.probes), sorted(other.probes)
-        if a != b:
-            raise InputError(f"{other.path}: probe sets differ from {first.path} ({', '.join(b)} vs {', '.join(a)}); compare needs the same probe sets")
-        for name in a:
-            pa, pb = first.probes[name], other.probes[name]
-            for mod, ta, tb in (("image", pa.images, pb.images), ("text", pa.texts, pb.texts)):
-                ida, idb = ta["id"].astype(str).tolist(), tb["id"].astype(str).tolist()
-                if ida != idb:
-                    raise InputError(f"{other.path}: probe set {name!r} holds different {mod} items than in {first.path}; compare needs the same items")
+        same_items(first, other, purpose="compare")
         if len(other.stages) != len(first.stages):
             raise InputError(f"{other.path}: {len(other.stages)} stages but {first.path} has {len(first.stages)}; compare needs the same number of stages")
 
@@ -96,7 +84,7 @@ def aligned_retrieval(analyses, names) -> pd.DataFrame:
 
 
 def _metric_figure(summary: pd.DataFrame, names, probe: str, ref: int, n_stages: int, diff: bool) -> ReportFigure | None:
-    panels = [(m, mod) for m, mod in COMPARE_METRICS if ((summary["metric"] == m) & (summary["modality"] == mod)).any()]
+    panels = [(m, mod) for m, mod in compare_metrics() if ((summary["metric"] == m) & (summary["modality"] == mod)).any()]
     if not panels:
         return None
     cols = 3
@@ -115,16 +103,14 @@ def _metric_figure(summary: pd.DataFrame, names, probe: str, ref: int, n_stages:
             y = np.full(n_stages, np.nan)
             for b, v in zip(sel["stage_b"], sel[col]):
                 y[int(b)] = v
-            if not diff:
-                y[ref] = 0.0 if metric != "knn_overlap_mean" else 1.0
+
             ax.plot(x, y, marker="o", color=colors[k + 1 if diff else k], label=col)
         if diff:
             ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"{metric} ({mod})", fontsize=9)
         ax.set_xticks(x)
         ax.set_xlabel("stage (position)")
-        unit = "fraction" if "overlap" in metric else "degrees"
-        ax.set_ylabel(("difference, " if diff else "") + unit)
+        ax.set_ylabel(("difference, " if diff else "") + METRICS[metric].unit)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8)
@@ -175,8 +161,7 @@ class CompareReport:
 
     def files(self) -> dict[str, bytes]:
         doc = {"schema": "spatial-disorder-compare", "version": 1, "runs": self.names,
-               "summary": json.loads(self.summary.to_json(orient="records")),
-               "retrieval": json.loads(self.retrieval.to_json(orient="records"))}
+               "summary": records(self.summary), "retrieval": records(self.retrieval)}
         tables = {"compare_summary": self.summary, "compare_retrieval": self.retrieval}
         return report_files(self.html, tables, self.rendered, {"compare.json": (json.dumps(doc, indent=2) + "\n").encode("utf-8")})
 
@@ -184,7 +169,7 @@ class CompareReport:
         return write_folder(out, self.files())
 
 
-def compare_runs(runs, analyses) -> CompareReport:
+def compare_runs(runs, analyses, svg: bool = False) -> CompareReport:
     """Side-by-side comparison of analyses of runs with the same probe items and stage count."""
     if len(runs) < 2:
         raise InputError("compare needs at least two runs")
@@ -202,7 +187,7 @@ def compare_runs(runs, analyses) -> CompareReport:
                 _retrieval_figure(retrieval, names, probe, n_stages),
             ]
     figs = [f for f in figs if f is not None]
-    rendered = {f.key: render_figure(f) for f in figs}
+    rendered = {f.key: render_figure(f, ("png", "svg") if svg else ("png",)) for f in figs}
     overview = kv_table(
         [(name, f"{r.path} — stages: {', '.join(r.stages)}; mode: {r.metadata.get('mode', '?')}; model: {r.metadata.get('model', '?')}")
          for name, r in zip(names, runs)]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
 
 from .style import MODALITY_COLORS, SEQUENTIAL_CMAP, color_cycle, report_style
 
@@ -36,19 +35,8 @@ def _figure(width: float, height: float):
 
 
 def stage_order(analysis) -> list[str]:
-    """Stage names in run order (from the analysis meta, else order of appearance)."""
-    meta = getattr(analysis, "meta", {}) or {}
-    if meta.get("stages"):
-        return [str(s) for s in meta["stages"]]
-    seen: list[str] = []
-    for frame, cols in ((analysis.retrieval, ("stage",)), (analysis.summary, ("stage_a", "stage_b"))):
-        if frame is None or len(frame) == 0:
-            continue
-        for col in cols:
-            for s in frame[col].astype(str):
-                if s not in seen:
-                    seen.append(s)
-    return seen
+    """Stage names in run order."""
+    return analysis.stages
 
 
 def summary_value(summary: pd.DataFrame, metric: str, probe: str, modality: str, a: str, b: str) -> float:
@@ -77,19 +65,6 @@ def pair_matrix(summary: pd.DataFrame, metric: str, probe: str, modality: str, s
     return mat
 
 
-def item_metric_column(items: pd.DataFrame, *candidates: str) -> str | None:
-    """The per-item column holding a metric: first exact candidate present, else the first column containing it."""
-    cols = [c for c in items.columns if c not in ("stage_a", "stage_b", "probe", "modality", "row", "id")]
-    for c in candidates:
-        if c in cols:
-            return c
-    for c in candidates:
-        for col in cols:
-            if c in col:
-                return col
-    return None
-
-
 def _fmt(v: float, digits: int = 1) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -100,10 +75,9 @@ def _probe_label(probe: str, n_probes: int) -> str:
 
 # --- intra-modal rotation ------------------------------------------------------------------------------
 def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
-    items = analysis.items
-    col = item_metric_column(items, "rotation_deg", "rotation_angle_deg", "rotation")
+    items, col = analysis.items, "rotation_deg"
     stages = stage_order(analysis)
-    if col is None or not len(items):
+    if col not in items.columns or not len(items):
         return None
     sel = items[(items["probe"].astype(str) == probe) & (items["stage_a"].astype(str) == ref)]
     later = [s for s in stages if s != ref and s in set(sel["stage_b"].astype(str))]
@@ -207,7 +181,7 @@ def rotation_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | 
 def overlap_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     stages = stage_order(analysis)
     mats = {f"{m} embeddings": pair_matrix(analysis.summary, "knn_overlap_mean", probe, m, stages) for m in MODALITIES}
-    k = (getattr(analysis, "meta", {}) or {}).get("k", "k")
+    k = analysis.meta.get("k", "k")
     worst = _worst_pair(analysis.summary, "knn_overlap_mean", probe, higher=False)
     reading = (
         f"The lowest neighbour overlap is {_fmt(worst[0], 2)} ({worst[1]} embeddings, {worst[2]} → {worst[3]}): "
@@ -221,16 +195,32 @@ def overlap_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     )
 
 
-def r1_heatmap(matrix: np.ndarray | None, stages: list[str], probe: str, n_probes: int = 1, chance_pct: float | None = None) -> ReportFigure | None:
-    """Cross-stage image-to-text R@1: images embedded at the row stage, captions at the column stage (``chance_pct``: R@1 of a random ranking)."""
-    if matrix is None:
+def cross_stage_matrix(analysis, probe: str) -> np.ndarray | None:
+    """[image stage, text stage] matrix of cross-stage image-to-text R@1 (%) from the analysis, or None."""
+    cs = analysis.cross_stage
+    sel = cs[cs["probe"].astype(str) == probe] if len(cs) else cs
+    if not len(sel):
         return None
+    stages = stage_order(analysis)
+    m = sel.pivot_table(index="image_stage", columns="text_stage", values="value", aggfunc="first")
+    return m.reindex(index=stages, columns=stages).to_numpy(dtype=float)
+
+
+def r1_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    """Cross-stage image-to-text R@1: images embedded at the row stage, captions at the column stage."""
+    matrix = cross_stage_matrix(analysis, probe)
+    stages = stage_order(analysis)
+    if matrix is None or len(stages) < 2:
+        return None
+    queries = analysis.cross_stage["queries"].max()
+    chance_pct = chance_r1_pct(analysis.text_to_image.get(probe))
     diag = np.diag(matrix)
     off = matrix[~np.eye(len(stages), dtype=bool)]
     if off.size and np.isfinite(off).any():
         reading = compatibility_reading(diag, off, chance_pct)
     else:
         reading = f"Image→text R@1 is {_fmt(diag[0])}%."
+    reading += f" Each cell queries {int(queries)} images against every caption (intervals in tables/cross_stage.csv)."
     return stage_heatmaps(
         {"image→text R@1": matrix}, stages, f"r1_heatmap_{probe}", "retrieval",
         f"Cross-stage R@1 (rows: image stage, columns: text stage){_probe_label(probe, n_probes)}", "R@1 (%)", reading,
@@ -274,6 +264,8 @@ def _worst_pair(summary: pd.DataFrame, metric: str, probe: str, higher: bool):
 
 
 def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
+    """Each rotation plane's angle against the share of the variance it carries (planes in order of angle, each as
+    wide as its share), so a large angle in a near-empty plane reads as the narrow sliver it is."""
     spectra = getattr(analysis, "spectra", None)
     if spectra is None or not len(spectra):
         return None
@@ -292,26 +284,42 @@ def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> Rep
         sub = sel[sel["kind"] == kind]
         for i, stage in enumerate(stages):
             s = sub[sub["stage_b"].astype(str) == stage].sort_values("index")
-            if len(s):
-                ax.plot(s["index"].to_numpy(), s["angle_deg"].to_numpy(), color=cmap[i], linewidth=1.5, label=f"{ref} → {stage}")
+            if not len(s):
+                continue
+            width = s["variance_share"].to_numpy(dtype=float)
+            edges = 100.0 * np.r_[0.0, np.cumsum(width)]
+            angles = s["angle_deg"].to_numpy(dtype=float)
+            ax.stairs(angles, edges, color=cmap[i], linewidth=1.5, label=f"{ref} → {stage}")
         ax.set_title(labels[kind])
-        ax.set_xlabel("rotation plane (sorted by angle)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-    axes[0].set_ylabel("principal rotation angle (degrees)")
+        ax.set_xlabel("share of the variance (%), planes by angle")
+        ax.set_xlim(0, 100)
+    axes[0].set_ylabel("plane rotation angle (degrees)")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="stage pair")
     last = stages[-1] if stages else ref
+    return ReportFigure(f"procrustes_spectra_{probe}", "rotation", f"Procrustes angle spectra{_probe_label(probe, n_probes)}", fig,
+                        _rigid_reading(analysis, sel, probe, ref, last))
+
+
+def _rigid_reading(analysis, spectra, probe: str, ref: str, last: str) -> str:
+    """One sentence per modality: the largest plane, the variance it carries, and whether the change is a rotation."""
     parts = []
     for mod in MODALITIES:
-        v = summary_value(analysis.summary, "procrustes_max_angle_deg", probe, mod, ref, last)
-        if np.isfinite(v):
-            parts.append(f"{_fmt(v)}° for {mod}")
-    reading = (
-        f"The best orthogonal map from {ref} to {last} turns its largest plane by " + " and ".join(parts)
-        + "; a flat spectrum means a rigid rotation of the whole space, a steep one a few strongly turned directions."
-        if parts
-        else "Angle spectra of the Procrustes rotation between stages."
-    )
-    return ReportFigure(f"procrustes_spectra_{probe}", "rotation", f"Procrustes angle spectra{_probe_label(probe, n_probes)}", fig, reading)
+        top = spectra[(spectra["kind"] == mod) & (spectra["stage_b"].astype(str) == last)].sort_values("index")
+        share = summary_value(analysis.summary, "rigid_share", probe, mod, ref, last)
+        if not len(top) or not np.isfinite(share):
+            continue
+        plane, dim, held = top.iloc[0], int(top["dim"].iloc[0]), float(top["variance_held"].iloc[0])
+        kind = ("mostly a rotation, which one d x d matrix can undo" if share >= 0.7
+                else "mostly a change of shape, which no rotation undoes" if share < 0.4
+                else "part rotation, part change of shape")
+        parts.append(f"for {mod}, the best rotation from {ref} to {last} (fitted in the {dim} directions holding "
+                     f"{100 * held:.0f}% of the variance) turns its largest plane by {_fmt(float(plane['angle_deg']))}°, a plane carrying "
+                     f"{100 * float(plane['variance_share']):.0f}% of the variance, and explains {100 * share:.0f}% of the items' "
+                     f"movement: {kind}")
+    if not parts:
+        return "Angle spectra of the Procrustes rotation between stages, each plane as wide as the variance it carries."
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + ". Items turn by less than a plane's angle when only part of them lies in that plane."
 
 
 def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
@@ -346,9 +354,8 @@ def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportF
 # --- inter-modal deviation --------------------------------------------------------------------------------
 def rotation_scatter(analysis, probe: str, ref: str, last: str, text_to_image: np.ndarray | None, n_probes: int = 1) -> ReportFigure | None:
     """Image rotation vs text rotation per caption; off-diagonal mass is inter-modal deviation."""
-    items = analysis.items
-    col = item_metric_column(items, "rotation_deg", "rotation_angle_deg", "rotation")
-    if col is None:
+    items, col = analysis.items, "rotation_deg"
+    if col not in items.columns:
         return None
     sel = items[(items["probe"].astype(str) == probe) & (items["stage_a"].astype(str) == ref) & (items["stage_b"].astype(str) == last)]
     img = sel[sel["modality"] == "image"].sort_values("row")[col].to_numpy(dtype=float)
@@ -492,50 +499,48 @@ def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
 
 
 # --- trajectories -----------------------------------------------------------------------------------------
-def trajectories(embeddings: dict[str, list[np.ndarray]], stages: list[str], labels: list[str], probe: str, n_probes: int = 1) -> ReportFigure | None:
-    """2-D PCA view of how a few items move from the first stage on, per modality.
+def trajectories(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+    """2-D view of how a few items move from the first stage on, per modality (``RunAnalysis.trajectories``).
 
-    ``embeddings[modality]`` is a list (one per stage) of [n_items, d] arrays of the chosen items. Items sit far
-    apart compared with how far they move, so the view shows each item's displacement from its first-stage
-    position (every path starts at the origin), projected on the two principal directions of all displacements.
+    Items sit far apart compared with how far they move, so the view shows each item's displacement from its
+    first-stage position (every path starts at the origin), on the two principal directions of all displacements.
     """
-    mods = [m for m in MODALITIES if embeddings.get(m)]
+    tr = analysis.trajectories
+    sel = tr[tr["probe"].astype(str) == probe] if len(tr) else tr
+    stages = [s for s in stage_order(analysis) if s in set(sel["stage"].astype(str))] if len(sel) else []
+    mods = [m for m in MODALITIES if (sel["modality"] == m).any()] if len(sel) else []
     if not mods or len(stages) < 2:
         return None
     fig = _figure(5.0 * len(mods) + 0.5, 4.8)
     axes = np.atleast_1d(fig.subplots(1, len(mods)))
-    colors = color_cycle(len(labels))
     spans = []
     for ax, mod in zip(axes, mods):
-        stack = np.stack([np.asarray(e, dtype=np.float64) for e in embeddings[mod]])  # [stages, items, d]
-        stack = stack / np.maximum(np.linalg.norm(stack, axis=-1, keepdims=True), 1e-12)
-        disp = stack - stack[0]  # [stages, items, d], zero at the first stage
-        flat = disp[1:].reshape(-1, disp.shape[-1])
-        _, sv, vt = np.linalg.svd(flat, full_matrices=False)
-        coords = disp @ vt[:2].T  # [stages, items, 2]
-        explained = (sv[:2] ** 2).sum() / max((sv**2).sum(), 1e-12) * 100
-        for i, label in enumerate(labels):
-            path = coords[:, i, :]
-            ax.plot(path[:, 0], path[:, 1], color=colors[i], linewidth=1.4, marker=".", markersize=5, label=label)
-            ax.annotate("", xy=path[-1], xytext=path[-2], arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.6})
+        sub = sel[sel["modality"] == mod]
+        items = sorted(set(sub["item"].astype(int)))
+        colors = color_cycle(len(items))
+        for i, item in enumerate(items):
+            path = sub[sub["item"] == item].set_index("stage").reindex(stages)
+            xy = path[["x", "y"]].to_numpy(dtype=float)
+            ax.plot(xy[:, 0], xy[:, 1], color=colors[i], linewidth=1.4, marker=".", markersize=5, label=str(path["label"].iloc[0]))
+            ax.annotate("", xy=xy[-1], xytext=xy[-2], arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.6})
         ax.scatter([0], [0], color="black", marker="o", s=25, zorder=3)
         ax.set_aspect("equal", adjustable="datalim")
-        steps = np.linalg.norm(np.diff(stack, axis=0), axis=-1)
-        spans.append((mod, float(np.degrees(np.mean(2 * np.arcsin(np.clip(steps / 2, 0, 1)))))))
+        spans.append((mod, float(np.nanmean(sub["step_deg"].to_numpy(dtype=float)))))
+        explained = float(sub["explained_pct"].iloc[0])
         ax.set_title(f"{mod} embeddings ({explained:.0f}% of the movement shown)")
         ax.set_xlabel("displacement, PC 1 (cosine units)")
         ax.set_ylabel("displacement, PC 2 (cosine units)")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="item", fontsize=8)
     reading = (
-        f"{len(labels)} items followed from {stages[0]} (black dot) to {stages[-1]} (arrow heads), one point per stage; each step between "
+        f"{len(set(sel['item']))} items followed from {stages[0]} (black dot) to {stages[-1]} (arrow heads), one point per stage; each step between "
         "stages moves an item by " + " and ".join(f"{v:.1f}° ({m})" for m, v in spans) + " on average."
     )
     return ReportFigure(f"trajectories_{probe}", "rotation", f"Trajectories of a few items (PCA of displacements){_probe_label(probe, n_probes)}",
                         fig, reading)
 
 
-def render_figure(fig: ReportFigure, formats=("png", "svg")) -> dict[str, bytes]:
-    """Render a figure to PNG and SVG bytes (the caller writes them atomically)."""
+def render_figure(fig: ReportFigure, formats=("png",)) -> dict[str, bytes]:
+    """Render a figure to PNG (and SVG when asked) bytes (the caller writes them atomically)."""
     import io
 
     out = {}

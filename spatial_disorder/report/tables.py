@@ -5,53 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# Metrics in the terminal summary, in this order (those absent from the analysis are skipped).
-HEADLINE = (
-    "rotation_mean_deg",
-    "procrustes_angle_deg",
-    "topology_change_mean_deg",
-    "knn_overlap_mean",
-    "paired_angle_change_mean_deg",
-    "rotation_mismatch_mean_deg",
-    "intermodal_rotation_deg",
-    "i2t_R@1_delta",
-    "t2i_R@1_delta",
-)
+from ..metrics.registry import METRICS, flagged
 
 
-def metric_registry() -> dict:
-    """The metric registry (name -> MetricInfo), or {} when the analyzers are not installed."""
-    try:
-        from ..metrics.registry import METRICS
-    except ImportError:
-        return {}
-    return dict(METRICS)
-
-
-def metric_field(info, field: str, default=""):
-    """A field of a registry entry, whether it is a dataclass or a plain dict."""
-    if info is None:
-        return default
-    if isinstance(info, dict):
-        return info.get(field, default)
-    return getattr(info, field, default)
+def headline_metrics() -> list[str]:
+    """Metrics in the terminal summary and the overview table, in registration order (flag ``headline``)."""
+    return [m.name for m in flagged("headline")]
 
 
 def definitions(names) -> pd.DataFrame:
     """Definitions of the given metrics from the registry: [metric, unit, worse_when, description, formula]."""
-    reg = metric_registry()
     rows = []
     for name in names:
-        info = reg.get(name)
-        rows.append(
-            {
-                "metric": name,
-                "unit": metric_field(info, "unit"),
-                "worse_when": metric_field(info, "worse_when"),
-                "description": metric_field(info, "description", "(not in the registry)"),
-                "formula": metric_field(info, "formula"),
-            }
-        )
+        info = METRICS.get(name)
+        rows.append({"metric": name, "unit": info.unit if info else "", "worse_when": info.worse_when if info else "",
+                     "description": info.description if info else "(not in the registry)", "formula": info.formula if info else ""})
     return pd.DataFrame(rows, columns=["metric", "unit", "worse_when", "description", "formula"])
 
 
@@ -75,11 +43,12 @@ def headline(analysis, ref: str, last: str) -> pd.DataFrame:
     s = analysis.summary
     if s is None or not len(s):
         return pd.DataFrame()
-    sel = s[(s["stage_a"].astype(str) == str(ref)) & (s["stage_b"].astype(str) == str(last)) & s["metric"].isin(HEADLINE)]
+    names = headline_metrics()
+    sel = s[(s["stage_a"].astype(str) == str(ref)) & (s["stage_b"].astype(str) == str(last)) & s["metric"].isin(names)]
     if not len(sel):
         return pd.DataFrame()
     table = sel.pivot_table(index=["probe", "metric"], columns="modality", values="value", aggfunc="first")
-    order = {m: i for i, m in enumerate(HEADLINE)}
+    order = {m: i for i, m in enumerate(names)}
     table = table.reset_index()
     table["_o"] = table["metric"].map(order)
     table = table.sort_values(["probe", "_o"]).drop(columns="_o")
@@ -109,20 +78,12 @@ def _num(v) -> str:
         return str(v)
 
 
+CSV_TABLES = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories")
+
+
 def csv_tables(analysis) -> dict[str, pd.DataFrame]:
     """Every table written under ``tables/``: file stem -> frame (empty frames are skipped)."""
-    out: dict[str, pd.DataFrame] = {}
-    for name in ("summary", "items", "retrieval", "spectra", "paired"):
-        frame = getattr(analysis, name, None)
-        if isinstance(frame, pd.DataFrame) and len(frame):
-            out[name] = frame
+    out = {name: getattr(analysis, name) for name in CSV_TABLES if len(getattr(analysis, name))}
     if "summary" in out:
         out["summary_wide"] = wide_summary(out["summary"])
-    cont = getattr(analysis, "continual", None)
-    if isinstance(cont, pd.DataFrame) and len(cont):
-        out["continual"] = cont
-    elif isinstance(cont, dict):
-        for key, frame in cont.items():
-            if isinstance(frame, pd.DataFrame) and len(frame):
-                out[f"continual_{key}"] = frame
     return out

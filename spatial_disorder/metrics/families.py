@@ -1,0 +1,206 @@
+"""The built-in metric families, each declared once: metrics, flags, section, and the per-pair computation.
+
+Registration order is the order of the summary rows, the headline table and the report's definitions.
+Each ``pair`` function gets a ``PairContext`` (spatial_disorder/analysis.py) and only reads what the engine
+computed once per stage (kNN lists, retrieval ranks, paired angles, centroids) or per pair (rotations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .deviation import flips
+from .neighbours import summarise_overlap
+from .registry import METRICS, Family, MetricInfo, register
+from .rotation import distribution
+
+M = MetricInfo
+
+
+# --- rotation ------------------------------------------------------------------------------------------------
+def _rotation_pair(ctx) -> None:
+    for m in ctx.modalities:
+        rot = ctx.rotation(m)
+        dist = distribution(rot)
+        for q in ("mean", "median", "p10", "p90"):
+            ctx.put(m, f"rotation_{q}_deg", dist[q])
+        ctx.item(m, "rotation_deg", rot)
+
+
+ROTATION = register(Family("rotation", "rotation", (
+    M("rotation_mean_deg", "intra", "deg", "Mean per-item rotation angle (the paper's rotation-angle matrix entry).",
+      "mean_i angle(a_i, b_i)", "higher", headline=True, compare=True),
+    M("rotation_median_deg", "intra", "deg", "Median per-item rotation angle.", "median_i angle(a_i, b_i)", "higher"),
+    M("rotation_p10_deg", "intra", "deg", "10th percentile of per-item rotation angles.", "p10_i angle(a_i, b_i)", "higher"),
+    M("rotation_p90_deg", "intra", "deg", "90th percentile of per-item rotation angles.", "p90_i angle(a_i, b_i)", "higher"),
+), _rotation_pair, {"rotation_deg": ("intra", "deg")}))
+
+
+# --- rigid rotation (Procrustes): the engine's block, wrapped as one unit ------------------------------------
+def _procrustes_pair(ctx) -> None:
+    ctx.engine.rigid(ctx)
+
+
+_RIGID_SECTIONS = {"intermodal_rotation_deg": "intermodal", "intermodal_rotation_max_deg": "intermodal"}
+_RIGID_FLAGS = {"procrustes_angle_deg": {"headline": True}, "rigid_share": {"headline": True, "compare": True},
+                "intermodal_rotation_deg": {"headline": True, "compare": True}}
+PROCRUSTES = register(Family("procrustes", "rotation", tuple(
+    MetricInfo(**{**info.__dict__, "section": _RIGID_SECTIONS.get(name, info.section), **_RIGID_FLAGS.get(name, {})})
+    for name, info in list(METRICS.items()) if not info.family
+), _procrustes_pair, {"rigid_residual_deg": ("intra", "deg"), "rigid_share": ("intra", "fraction")}))
+
+
+# --- topology ------------------------------------------------------------------------------------------------
+def _topology_pair(ctx) -> None:
+    for m in ctx.modalities:
+        topo = ctx.engine.topology(ctx.a, ctx.b, ctx.probe, m)
+        ctx.put(m, "topology_change_mean_deg", topo.mean_deg)
+        ctx.put(m, "topology_pairs", topo.n_pairs)
+        ctx.item(m, "topology_change_deg", topo.per_item if topo.per_item is not None else np.full(ctx.size(m), np.nan))
+
+
+TOPOLOGY = register(Family("topology", "topology", (
+    M("topology_change_mean_deg", "intra", "deg",
+      "Mean change of the angle between two items of one modality (the paper's self-angle matrix); exact or on sampled pairs.",
+      "mean_{i<j} |angle(a_i, a_j) - angle(b_i, b_j)|", "higher", headline=True, compare=True),
+    M("topology_pairs", "intra", "count", "Number of item pairs behind topology_change_mean_deg.", "n(n-1)/2 or the sample size", "lower",
+      calibrate=False),
+), _topology_pair, {"topology_change_deg": ("intra", "deg")}))
+
+
+# --- neighbours ----------------------------------------------------------------------------------------------
+def _neighbours_pair(ctx) -> None:
+    for m in ctx.modalities:
+        rows = ctx.query_rows(m)
+        ov = ctx.overlap(m)
+        s = summarise_overlap(ov, population=ctx.size(m) if rows is not None else None)
+        ctx.put(m, "knn_overlap_mean", s.mean)
+        ctx.put(m, "knn_overlap_ci_low", s.ci_low)
+        ctx.put(m, "knn_overlap_ci_high", s.ci_high)
+        ctx.put(m, "knn_overlap_items", s.n_items)
+        full = np.full(ctx.size(m), np.nan)
+        full[slice(None) if rows is None else rows] = ov
+        ctx.item(m, "knn_overlap", full)
+
+
+NEIGHBOURS = register(Family("neighbours", "neighbours", (
+    M("knn_overlap_mean", "intra", "fraction", "Mean share of an item's k nearest neighbours (cosine, same modality) kept from a to b.",
+      "mean_i |N_k^a(i) & N_k^b(i)| / k", "lower", headline=True, compare=True),
+    M("knn_overlap_ci_low", "intra", "fraction", "Lower end of the 95% CI of knn_overlap_mean (equals the mean in exact mode).",
+      "mean - 1.96 s / sqrt(q) * fpc", "lower", calibrate=False),
+    M("knn_overlap_ci_high", "intra", "fraction", "Upper end of the 95% CI of knn_overlap_mean.", "mean + 1.96 s / sqrt(q) * fpc", "lower",
+      calibrate=False),
+    M("knn_overlap_items", "intra", "count", "Number of query items behind knn_overlap_mean (all items in exact mode).",
+      "n or the sample size q", "lower", calibrate=False),
+), _neighbours_pair, {"knn_overlap": ("intra", "fraction")}))
+
+
+# --- retrieval -------------------------------------------------------------------------------------------
+def _retrieval_pair(ctx) -> None:
+    sa, sb = ctx.sa, ctx.sb
+    if sa.ranks is None:
+        return
+    for m in ctx.modalities:
+        ra = (sa.ranks.i2t if m == "image" else sa.ranks.t2i).astype(float)
+        rb = (sb.ranks.i2t if m == "image" else sb.ranks.t2i).astype(float)
+        known = np.isfinite(ra) & np.isfinite(rb)
+        lost, gained = flips(ra == 1, rb == 1)
+        direction = "i2t" if m == "image" else "t2i"
+        ctx.put("cross", f"flips_{direction}_lost", lost[known].mean())
+        ctx.put("cross", f"flips_{direction}_gained", gained[known].mean())
+        ctx.item(m, "rank_a", ra)
+        ctx.item(m, "rank_b", rb)
+        ctx.item(m, "flip_lost", np.where(known, lost, np.nan))
+        ctx.item(m, "flip_gained", np.where(known, gained, np.nan))
+    for key in ("i2t_R@1", "t2i_R@1", "rsum"):
+        ctx.put("cross", f"{key}_delta", sb.scores[key] - sa.scores[key])
+
+
+RETRIEVAL = register(Family("retrieval", "retrieval", (
+    M("i2t_R@1_delta", "cross", "percent points", "Change of image-to-text R@1 (candidate b minus reference a).",
+      "R@1_i2t(b) - R@1_i2t(a)", "lower", "antisymmetric", headline=True, compare=True),
+    M("t2i_R@1_delta", "cross", "percent points", "Change of text-to-image R@1 (candidate b minus reference a).",
+      "R@1_t2i(b) - R@1_t2i(a)", "lower", "antisymmetric", headline=True, compare=True),
+    M("rsum_delta", "cross", "percent points", "Change of rsum (b minus a).", "rsum(b) - rsum(a)", "lower", "antisymmetric"),
+    M("flips_i2t_lost", "cross", "fraction", "Share of images retrieved at rank 1 at a and not at b (image-to-text).",
+      "mean_i [r^a_i = 1 and r^b_i > 1]", "higher", "antisymmetric"),
+    M("flips_i2t_gained", "cross", "fraction", "Share of images not at rank 1 at a and at rank 1 at b (image-to-text).",
+      "mean_i [r^a_i > 1 and r^b_i = 1]", "lower", "antisymmetric"),
+    M("flips_t2i_lost", "cross", "fraction", "Share of captions retrieved at rank 1 at a and not at b (text-to-image).",
+      "mean_j [r^a_j = 1 and r^b_j > 1]", "higher", "antisymmetric"),
+    M("flips_t2i_gained", "cross", "fraction", "Share of captions not at rank 1 at a and at rank 1 at b (text-to-image).",
+      "mean_j [r^a_j > 1 and r^b_j = 1]", "lower", "antisymmetric"),
+), _retrieval_pair, {"rank_a": ("cross", "rank"), "rank_b": ("cross", "rank"), "flip_lost": ("cross", "bool"),
+                     "flip_gained": ("cross", "bool")}))
+
+
+# --- cross-stage retrieval --------------------------------------------------------------------------------
+def _cross_stage_pair(ctx) -> None:
+    if ctx.sa.ranks is None:
+        return
+    for metric, (img, txt) in (("cross_stage_i2t_R@1_ab", (ctx.a, ctx.b)), ("cross_stage_i2t_R@1_ba", (ctx.b, ctx.a))):
+        ctx.put("cross", metric, ctx.engine.cross_stage_r1(img, txt, ctx.probe).value)
+
+
+CROSS_STAGE = register(Family("cross_stage", "retrieval", (
+    M("cross_stage_i2t_R@1_ab", "cross", "percent",
+      "Image-to-text R@1 with images embedded at stage a and captions at stage b: can an old gallery serve a new model?",
+      "mean_i [rank of i's captions among b-captions, queried with a-image i, = 1]", "lower", "none", compare=True),
+    M("cross_stage_i2t_R@1_ba", "cross", "percent", "Image-to-text R@1 with images embedded at stage b and captions at stage a.",
+      "as cross_stage_i2t_R@1_ab with a and b swapped", "lower", "none"),
+), _cross_stage_pair))
+
+
+# --- inter-modal deviation -----------------------------------------------------------------------------------
+def _deviation_pair(ctx) -> None:
+    if not ctx.cross:
+        return
+    sa, sb = ctx.sa, ctx.sb
+    change = sb.paired - sa.paired
+    mismatch = ctx.rotation("image")[ctx.text_to_image] - ctx.rotation("text")
+    ctx.put("cross", "paired_angle_change_mean_deg", change.mean())
+    ctx.put("cross", "paired_angle_abs_change_mean_deg", np.abs(change).mean())
+    ctx.put("cross", "rotation_mismatch_mean_deg", np.abs(mismatch).mean())
+    ctx.put("cross", "modality_gap_a", sa.gap)
+    ctx.put("cross", "modality_gap_b", sb.gap)
+    ctx.put("cross", "modality_gap_change", sb.gap - sa.gap)
+    for col, v in (("paired_angle_a_deg", sa.paired), ("paired_angle_b_deg", sb.paired), ("paired_angle_change_deg", change),
+                   ("rotation_mismatch_deg", mismatch)):
+        ctx.item("cross", col, v)
+
+
+DEVIATION = register(Family("deviation", "intermodal", (
+    M("paired_angle_change_mean_deg", "cross", "deg", "Mean change of the angle between each caption and its image (b minus a).",
+      "mean_j [angle(b^T_j, b^I_{g(j)}) - angle(a^T_j, a^I_{g(j)})]", "higher", "antisymmetric", headline=True, compare=True),
+    M("paired_angle_abs_change_mean_deg", "cross", "deg", "Mean absolute change of the caption-image angle.",
+      "mean_j |Delta paired angle_j|", "higher"),
+    M("rotation_mismatch_mean_deg", "cross", "deg",
+      "Mean absolute difference between the rotation angle of a caption's image and of the caption itself.",
+      "mean_j |rot^I_{g(j)} - rot^T_j|", "higher", headline=True, compare=True),
+    M("modality_gap_a", "cross", "distance", "Modality gap at stage a.", "||mean_i a^I_i - mean_j a^T_j||_2", "higher", calibrate=False),
+    M("modality_gap_b", "cross", "distance", "Modality gap at stage b.", "||mean_i b^I_i - mean_j b^T_j||_2", "higher", calibrate=False),
+    M("modality_gap_change", "cross", "distance", "Change of the modality gap (b minus a).", "gap_b - gap_a", "higher", "antisymmetric"),
+), _deviation_pair, {"paired_angle_a_deg": ("cross", "deg"), "paired_angle_b_deg": ("cross", "deg"),
+                     "paired_angle_change_deg": ("cross", "deg"), "rotation_mismatch_deg": ("cross", "deg")}))
+
+
+# --- contrastive KL ------------------------------------------------------------------------------------------
+def _kl_pair(ctx) -> None:
+    if not ctx.cross:
+        return
+    kl = ctx.engine.kl(ctx.a, ctx.b, ctx.probe)
+    ctx.put("cross", "contrastive_kl", kl.mean)
+    ctx.put("cross", "contrastive_kl_i2t", kl.i2t)
+    ctx.put("cross", "contrastive_kl_t2i", kl.t2i)
+    ctx.put("cross", "contrastive_kl_rows", kl.n_rows_i2t + kl.n_rows_t2i)
+
+
+CONTRASTIVE_KL = register(Family("contrastive_kl", "intermodal", (
+    M("contrastive_kl", "cross", "nats",
+      "Off-diagonal KL between the stages' contrastive-matrix rows (softmax of cosines / temperature), mean of both directions.",
+      "mean over rows r of KL(softmax(S^a_r / tau) || softmax(S^b_r / tau))", "higher", "none"),
+    M("contrastive_kl_i2t", "cross", "nats", "contrastive_kl over image rows only.", "as contrastive_kl, image rows", "higher", "none"),
+    M("contrastive_kl_t2i", "cross", "nats", "contrastive_kl over caption rows only.", "as contrastive_kl, caption rows", "higher", "none"),
+    M("contrastive_kl_rows", "cross", "count", "Rows (image rows + caption rows) behind contrastive_kl.", "all rows or the sample",
+      "lower", calibrate=False),
+), _kl_pair))
