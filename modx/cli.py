@@ -21,6 +21,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides_pos", nargs="*", metavar="KEY=VALUE", help="more dotted overrides")
     p.add_argument("--output", help="run directory (same as --set output=...)")
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run that already exists in the output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # crash simulation for tests
@@ -36,7 +37,13 @@ def _embed_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-names", nargs="+", help="stage names (default stage0, stage1, ...)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="replace a run that already exists at --output")
     return p
+
+
+def _fresh_line() -> str:
+    """A newline when stderr is a terminal (a progress bar may hold the current line), else nothing."""
+    return "\n" if sys.stderr.isatty() else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,17 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     require_training_stack()
     from spatial_disorder.errors import SpatialDisorderError
 
-    from .errors import DivergedError, TrainError
+    from .errors import DivergedError, InterruptedRun, TrainError
 
     try:
         if argv and argv[0] == "embed":
             args = _embed_parser().parse_args(argv[1:])
             from .embed_run import embed_checkpoints
 
-            out = embed_checkpoints(args.run, args.checkpoints, args.output, args.model, args.stage_names, args.device, args.batch_size)
+            out = embed_checkpoints(args.run, args.checkpoints, args.output, args.model, args.stage_names, args.device, args.batch_size,
+                                    overwrite=args.overwrite)
             print(out)
             return 0
-        args = _train_parser().parse_args(argv)
+        args = _train_parser().parse_intermixed_args(argv)  # overrides may come before, between or after options
         from .config import dump_yaml, load_config
 
         overrides = list(args.overrides) + list(args.overrides_pos)
@@ -66,9 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .runner import train
 
-        out = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=False if args.no_progress else None)
+        out = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=False if args.no_progress else None,
+                    overwrite=args.overwrite)
         print(out)
         return 0
+    except InterruptedRun as exc:
+        print(f"{_fresh_line()}{exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{_fresh_line()}interrupted before training started: nothing was written", file=sys.stderr)
+        return 130
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -57,7 +57,22 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-FREE_KEYS = {"datasets", "stage0", "phases", "probes"}  # validated by their own modules
+FREE_KEYS = {"datasets", "stage0", "phases", "probes"}  # free-form sections, checked by ``check_free_sections``
+
+# Keys each free-form section accepts (docs/training.md); anything else is a typo and an error.
+STAGE0_KEYS = ("dataset", "where", "name", "epochs", "lr", "batch_size", "warmup", "weight_decay")
+PHASES_KEYS = ("dataset", "where", "split_by", "order", "random_slices", "slice_seed", "lists", "list")
+PHASE_ITEM_KEYS = ("name", "dataset", "where")
+PROBE_KEYS = ("name", "dataset", "where", "sample", "seed", "domain")
+DATASET_KEYS = {
+    "csv": ("format", "path", "img_key", "caption_key", "sep", "image_id_key", "root"),
+    "tsv": ("format", "path", "img_key", "caption_key", "sep", "image_id_key", "root"),
+    "coco": ("format", "path", "image_root"),
+    "karpathy": ("format", "path", "image_root"),
+    "wds": ("format", "path", "caption_key"),
+}
+# Keys that may differ between a run and the config that resumes it: they change no number of the run.
+RESUME_SAFE_KEYS = ("output", "train.progress", "train.num_workers")
 
 
 def deep_merge(base: Mapping, update: Mapping, where: str = "") -> dict:
@@ -213,11 +228,60 @@ def validate(config: dict) -> dict:
         if fmt not in FORMATS:
             raise ConfigError(f"datasets.{name}.format must be one of {list(FORMATS)}, not {fmt!r}")
         spec["format"] = fmt
+    check_free_sections(config)
     if not config["probes"]:
         raise ConfigError("probes: declare at least one probe set (the stages embed them)")
     if config["phases"] is None and config["stage0"] is None and config["model"]["pretrained"] is None:
         raise ConfigError("nothing to train: set phases and/or stage0 (or a pretrained model to embed)")
     return config
+
+
+def _check_keys(section: Any, allowed: Sequence[str], where: str) -> None:
+    """``section`` must be a mapping whose keys are all in ``allowed``; the error names the full key path."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where} must be a mapping, not {type(section).__name__}")
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(f"unknown config key '{where}.{key}' (known: {', '.join(allowed)})")
+
+
+def check_free_sections(config: Mapping) -> None:
+    """Unknown keys inside ``datasets.*``, ``stage0``, ``phases`` (and ``phases.list[]``) and ``probes[]`` are errors."""
+    for name, spec in config["datasets"].items():
+        _check_keys(spec, DATASET_KEYS[spec["format"]], f"datasets.{name}")
+    if config["stage0"] is not None:
+        _check_keys(config["stage0"], STAGE0_KEYS, "stage0")
+    phases = config["phases"]
+    if phases is not None:
+        _check_keys(phases, PHASES_KEYS, "phases")
+        if "list" in phases:
+            if not isinstance(phases["list"], list):
+                raise ConfigError("phases.list must be a list of phase specs")
+            for k, item in enumerate(phases["list"]):
+                _check_keys(item, PHASE_ITEM_KEYS, f"phases.list[{k}]")
+    if not isinstance(config["probes"], list):
+        raise ConfigError("probes must be a list of probe specs")
+    for k, probe in enumerate(config["probes"]):
+        _check_keys(probe, PROBE_KEYS, f"probes[{k}]")
+
+
+def flat_items(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``; lists and scalars are leaves (compared whole)."""
+    if isinstance(config, Mapping) and config:
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            out.update(flat_items(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.loads(json.dumps(config))}
+
+
+def resume_changes(saved: Mapping, current: Mapping) -> list[str]:
+    """Dotted keys whose value differs between a run's saved config and ``current``, safe keys left out."""
+    old, new = flat_items(saved), flat_items(current)
+    return sorted(k for k in set(old) | set(new) if old.get(k, _MISSING) != new.get(k, _MISSING) and k not in RESUME_SAFE_KEYS)
+
+
+_MISSING = object()
 
 
 def _guess_format(path: str) -> str:

@@ -17,3 +17,7 @@ class DataError(TrainError, ValueError):
 
 class DivergedError(TrainError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class InterruptedRun(TrainError):
+    """Training was interrupted (Ctrl-C); the message says what was saved and how to continue."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ from spatial_disorder.run import RunWriter
 from spatial_disorder.run.atomic import atomic_write_bytes
 
 from . import __version__, checkpoint, models
-from .config import dump_yaml, pieces_for
+from .config import dump_yaml, pieces_for, resume_changes
 from .data.items import ItemSet, TrainDataset, epoch_order
 from .distributed import DistContext, cleanup, gather_features, init_distributed
 from .embed import PreparedItems, autocast, embed_items, embed_probe_sets, retrieval
-from .errors import ConfigError, DivergedError
+from .errors import ConfigError, DivergedError, InterruptedRun
 from .losses import Batch, make_pieces, total_loss
 from .plan import Phase, Plan, build_plan
 from .schedule import lr_at, warmup_steps
@@ -145,8 +146,9 @@ class Position:
 class Runner:
     """Runs a resolved config end to end (``run()``), writing a spatial_disorder run plus checkpoints."""
 
-    def __init__(self, config: dict, resume: bool = False, stop_after_steps: int | None = None, progress: bool | None = None):
-        self.config, self.resume, self.stop_after_steps = config, resume, stop_after_steps
+    def __init__(self, config: dict, resume: bool = False, stop_after_steps: int | None = None, progress: bool | None = None,
+                 overwrite: bool = False):
+        self.config, self.resume, self.stop_after_steps, self.overwrite = config, resume, stop_after_steps, overwrite
         self.progress = config["train"]["progress"] if progress is None else progress
         self.out = Path(config["output"])
         self.ckpt_dir = self.out / "checkpoints"
@@ -176,12 +178,15 @@ class Runner:
         last = self.ckpt_dir / "last.pt"
         if self.resume and (self.out / "run.json").exists():
             self.writer = RunWriter.open(self.out) if self.dist.is_main else None
+            self._check_resumed_config()
             if last.exists():
                 state = checkpoint.load(last)
                 unwrap(self.model).load_state_dict(state["model"])
                 self._pending_rng = state["rng"]["torch"]
                 self._pending_optimizer = state.get("optimizer")
                 pos = Position(**state["position"])
+                if self.dist.is_main:
+                    trim_log(self.out / "train_log.jsonl", pos)
                 self._log({"event": "resume", "stage": pos.stage, "epoch": pos.epoch, "batch": pos.batch, "done": pos.done})
                 return pos
             return Position()
@@ -197,10 +202,15 @@ class Runner:
                 "config": self.config,
                 "world_size": self.dist.world_size,
             }
+            if (self.out / "run.json").exists() and not self.overwrite:
+                raise ConfigError(f"{self.out}: a run already exists here; continue it with --resume, replace it with --overwrite, "
+                                  "or choose another --output")
+            existed = self.out.exists()
             try:
-                self.writer = RunWriter.create(self.out, metadata=meta)
+                self.writer = RunWriter.create(self.out, metadata=meta, overwrite=self.overwrite)
             except RunFormatError as exc:
-                raise ConfigError(f"{exc} (use --resume to continue it, or another output)") from None
+                raise ConfigError(str(exc)) from None
+            self._created, self._dir_existed = True, existed
             atomic_write_bytes(self.out / "config.yaml", dump_yaml(self.config).encode("utf-8"))
             for p in self.plan.probes:
                 self.writer.add_probe(p.probe)
@@ -208,6 +218,18 @@ class Runner:
             self.writer = None
         self.dist.barrier()
         return Position()
+
+    def _check_resumed_config(self) -> None:
+        """Refuse to resume with a config that differs from the run's (beyond ``RESUME_SAFE_KEYS``)."""
+        from spatial_disorder.run import open_run
+
+        saved = open_run(self.out, check_sha256=False).metadata.get("config")
+        if saved is None:
+            return
+        changed = resume_changes(saved, self.config)
+        if changed:
+            raise ConfigError(f"{self.out}: --resume with a config that differs from the run's in {', '.join(changed)}; "
+                              "resume with the run's config (its config.yaml) or start a new run")
 
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
@@ -236,6 +258,7 @@ class Runner:
     def run(self) -> Path:
         self._setup()
         self._pending_optimizer = self._pending_rng = None
+        self._created = False
         try:
             pos = self._open_run()
             written = set(self.writer.stage_names) if self.writer else set()
@@ -252,9 +275,34 @@ class Runner:
                 if self.dist.is_main:
                     self._write_stage(k, pos)
                 self.dist.barrier()
+        except KeyboardInterrupt:
+            raise InterruptedRun(self._interrupted()) from None
+        except BaseException:
+            self._remove_if_unresumable()
+            raise
         finally:
             cleanup(self.dist)
         return self.out
+
+    def _resumable(self) -> bool:
+        return (self.ckpt_dir / "last.pt").exists()
+
+    def _remove_if_unresumable(self) -> None:
+        """A fresh run that failed before its first checkpoint leaves nothing behind (it would block the rerun)."""
+        if self._created and self.dist.is_main and not self._resumable():
+            shutil.rmtree(self.out, ignore_errors=True)
+            if self._dir_existed:  # it was an empty folder before: leave it as it was
+                self.out.mkdir(parents=True, exist_ok=True)
+
+    def _interrupted(self) -> str:
+        """The one line Ctrl-C ends with: what was saved and how to continue."""
+        if not self._resumable():
+            self._remove_if_unresumable()
+            gone = f"; {self.out} was removed" if self._created else ""
+            return f"interrupted before the first checkpoint: nothing was saved{gone}"
+        pos = checkpoint.load(self.ckpt_dir / "last.pt")["position"]
+        where = f"end of stage{pos['stage']}" if pos["done"] else f"stage{pos['stage']} step {pos['step']}"
+        return f"interrupted: the last checkpoint ({where}) is in {self.ckpt_dir / 'last.pt'}; continue with the same command and --resume"
 
     def _teacher(self, k: int):
         if k == 0 or not any(p.needs_teacher for p in self.pieces):
@@ -412,6 +460,27 @@ class Runner:
         self._log({"event": "stage", "stage": k, "retrieval": scores, "embed_seconds": embed_seconds})
 
 
-def train(config: dict, resume: bool = False, stop_after_steps: int | None = None, progress: bool | None = None) -> Path:
+def trim_log(path: Path, pos: Position) -> None:
+    """Drop the log records an interrupted attempt wrote after its last checkpoint (the resumed run writes them again)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = len(lines)
+    for i in range(len(lines) - 1, -1, -1):
+        try:
+            record = json.loads(lines[i])
+        except ValueError:
+            continue  # a line cut by the crash
+        if record.get("event") == "checkpoint" and record.get("stage") == pos.stage and record.get("step") == pos.step:
+            keep = i + 1
+            break
+    else:
+        return
+    if keep < len(lines):
+        atomic_write_bytes(path, "".join(lines[:keep]).encode("utf-8"))
+
+
+def train(config: dict, resume: bool = False, stop_after_steps: int | None = None, progress: bool | None = None,
+          overwrite: bool = False) -> Path:
     """Run a resolved config (see ``modx.config.load_config``); returns the run directory."""
-    return Runner(config, resume=resume, stop_after_steps=stop_after_steps, progress=progress).run()
+    return Runner(config, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite).run()

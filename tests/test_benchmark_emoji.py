@@ -196,19 +196,121 @@ def test_integrity_mismatch_is_one_line_and_leaves_nothing(registry, monkeypatch
     assert list(registry["cache"].iterdir()) == []
 
 
-def test_missing_npm_is_one_line(tmp_path, monkeypatch, capsys):
+def test_without_npm_an_unreachable_registry_is_one_line(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    with pytest.raises(emoji.BenchmarkDataError, match="npm not found on PATH: install Node.js") as err:
+    monkeypatch.setenv("npm_config_registry", _closed_port_url())
+    with pytest.raises(emoji.BenchmarkDataError, match="cannot fetch emoji-datasource-google@16.0.0 metadata from") as err:
         emoji.ensure_emoji_dataset(tmp_path / "cache", progress=False)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "put emoji-datasource-google-16.0.0.tgz in" in str(err.value)
     assert bench_cli.main(["emoji", "--data-dir", str(tmp_path / "cache"), "--quiet"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: npm not found")
+    assert len(lines) == 1 and lines[0].startswith("error: cannot fetch")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture
+def http_registry(registry, tmp_path, monkeypatch):
+    """The fake packages behind a local HTTP registry (metadata JSON + tarballs), and no npm on PATH."""
+    import http.server
+    import threading
+
+    requests: list[str] = []
+    tarballs = {p.name: p for p in registry["repo"].iterdir()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            host = f"http://127.0.0.1:{self.server.server_address[1]}"
+            name = self.path.strip("/")
+            if name.startswith("-/"):
+                body = tarballs[name[2:]].read_bytes() if name[2:] in tarballs else None
+            else:
+                versions = {s.version: {"dist": {"tarball": f"{host}/-/{s.tarball_name}", "integrity": s.integrity}}
+                            for s in emoji.SOURCES if s.name == name}
+                body = json.dumps({"name": name, "versions": versions}).encode() if versions else None
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    empty = tmp_path / "no-npm-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("npm_config_userconfig", str(tmp_path / "no-user-npmrc"))
+    for key in [k for k in os.environ if k.lower() == "npm_config_registry"]:
+        monkeypatch.delenv(key)
+    yield {**registry, "url": f"http://127.0.0.1:{server.server_address[1]}/", "requests": requests, "tarballs": tarballs}
+    server.shutdown()
+    server.server_close()
+
+
+def test_without_npm_the_registry_is_read_over_http(http_registry, monkeypatch):
+    monkeypatch.setenv("npm_config_registry", http_registry["url"])
+    path = emoji.ensure_emoji_dataset(http_registry["cache"], progress=False)
+    assert set(emoji.load_emoji_table(path)["concept"]) == EXPECTED
+    assert sorted(http_registry["requests"]) == sorted([f"/{s.name}" for s in emoji.SOURCES] + [f"/-/{s.tarball_name}" for s in emoji.SOURCES])
+    kept = http_registry["cache"] / "downloads"  # verified tarballs stay in the cache: a rebuild fetches nothing
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == {n: p.read_bytes() for n, p in http_registry["tarballs"].items()}
+    import shutil
+
+    shutil.rmtree(path)
+    emoji.ensure_emoji_dataset(http_registry["cache"], progress=False)
+    assert len(http_registry["requests"]) == 6
+    assert _npm_calls(http_registry["log"]) == 0
+
+
+def test_registry_url_from_the_project_npmrc(http_registry, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".npmrc").write_text("; comment\nfund=false\nregistry = ${MY_REGISTRY}\n")
+    monkeypatch.setenv("MY_REGISTRY", http_registry["url"])
+    monkeypatch.chdir(project)
+    assert emoji.npm_registry() == http_registry["url"]
+    emoji.ensure_emoji_dataset(http_registry["cache"], progress=False)
+    assert len(http_registry["requests"]) == 6
+
+
+def test_npm_registry_precedence(tmp_path):
+    (tmp_path / ".npmrc").write_text("registry=https://project.example/\n")
+    (tmp_path / "user").write_text("registry=https://user.example/\n")
+    assert emoji.npm_registry({"NPM_CONFIG_REGISTRY": "https://env.example/"}, tmp_path) == "https://env.example/"
+    assert emoji.npm_registry({"npm_config_userconfig": str(tmp_path / "user")}, tmp_path) == "https://project.example/"
+    assert emoji.npm_registry({"npm_config_userconfig": str(tmp_path / "user")}, tmp_path / "none") == "https://user.example/"
+    assert emoji.npm_registry({}, tmp_path / "none", home=tmp_path / "none") == "https://registry.npmjs.org/"
+
+
+def test_http_tarball_with_wrong_bytes_is_refused_and_not_kept(http_registry, monkeypatch):
+    monkeypatch.setenv("npm_config_registry", http_registry["url"])
+    bad = tuple(dataclasses.replace(s, integrity="sha512-" + "B" * 86 + "==") if s.style == "google" else s for s in emoji.SOURCES)
+    monkeypatch.setattr(emoji, "SOURCES", bad)  # the registry announces the pinned value; the bytes differ
+    with pytest.raises(emoji.BenchmarkDataError, match="integrity mismatch for emoji-datasource-google@16.0.0") as err:
+        emoji.ensure_emoji_dataset(http_registry["cache"], progress=False)
+    assert "\n" not in str(err.value)
+    assert list(http_registry["cache"].iterdir()) == []
+
+
+def test_python_m_emoji_help_is_its_own(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "modx.benchmarks.emoji", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.startswith("usage: python -m modx.benchmarks.emoji") and "--data-dir" in out.stdout
 
 
 def test_offline_npm_is_one_line(tmp_path, monkeypatch):

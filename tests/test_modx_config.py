@@ -85,3 +85,70 @@ def test_shipped_configs_resolve_and_variants_extend_their_base():
     paper = load_config(root / "paper_vitb32_finetune.yaml")
     assert paper["train"]["batch_size"] == 280 and paper["train"]["lr"] == 5e-4 and paper["train"]["epochs"] == 35
     assert paper["train"]["warmup"] == 0.2 and paper["phases"]["random_slices"] == 5 and paper["loss"]["modx"]["alpha"] == 20
+
+
+@pytest.mark.parametrize(
+    "section, typo",
+    [
+        ({"stage0": {"dataset": "d", "learning_rate": 1e-3}}, "stage0.learning_rate"),
+        ({"datasets": {"d": {"path": "x.csv"}, "mine": {"path": "y.csv", "caption_kye": "title"}}}, "datasets.mine.caption_kye"),
+        ({"probes": [{"name": "p", "dataset": "d"}, {"name": "q", "dataset": "d", "sampel": 50}]}, "probes[1].sampel"),
+        ({"phases": {"dataset": "d", "wher": {"style": "twitter"}, "random_slices": 2}}, "phases.wher"),
+        ({"phases": {"list": [{"dataset": "d"}, {"dataset": "d", "wher": {"style": "a"}}]}}, "phases.list[1].wher"),
+        ({"datasets": {"d": {"path": "c.json", "format": "coco", "img_key": "x"}}}, "datasets.d.img_key"),
+    ],
+)
+def test_cli_unknown_keys_in_every_section_name_file_and_full_path(tmp_path, section, typo):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**BASE, **section}))
+    out = subprocess.run([sys.executable, "-m", "modx.cli", "--config", "c.yaml", "--print-config"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"error: c.yaml: unknown config key '{typo}'") and out.stderr.count("\n") == 1
+
+
+def test_known_keys_of_every_section_are_accepted():
+    cfg = load_config(data={
+        "datasets": {"d": {"path": "x.csv", "img_key": "f", "caption_key": "t", "sep": ",", "image_id_key": "i", "root": "."},
+                     "w": {"path": "s-{000..001}.tar", "caption_key": "c"}, "k": {"path": "k.json", "format": "karpathy", "image_root": "."}},
+        "stage0": {"dataset": "d", "where": {"a": 1}, "name": "s0", "epochs": 1, "lr": 1e-3, "batch_size": 4, "warmup": 0, "weight_decay": 0},
+        "phases": {"dataset": "d", "where": {"a": 2}, "split_by": "style", "order": ["x"]},
+        "probes": [{"name": "p", "dataset": "d", "where": {"a": 3}, "sample": 5, "seed": 1, "domain": "x"}],
+    })
+    assert cfg["stage0"]["name"] == "s0" and cfg["datasets"]["w"]["format"] == "wds"
+
+
+def test_resume_changes_names_changed_keys_and_ignores_safe_ones():
+    from modx.config import RESUME_SAFE_KEYS, resume_changes
+
+    saved = load_config(data=BASE, overrides=["train.mode=modx"])
+    same = load_config(data=BASE, overrides=["train.mode=modx", "train.progress=false", "train.num_workers=2", "output=elsewhere"])
+    assert {"output", "train.progress", "train.num_workers"} == set(RESUME_SAFE_KEYS)
+    assert resume_changes(saved, same) == []
+    changed = load_config(data=BASE, overrides=["train.mode=finetune", "train.lr=5e-4", "train.epochs=2", "loss.modx.alpha=1"])
+    assert resume_changes(saved, changed) == ["loss.modx.alpha", "train.epochs", "train.mode"]  # lr 5e-4 is the default
+    assert resume_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2], "c": None}}) == ["a.c"]
+
+
+def test_cli_overrides_anywhere_on_the_command_line(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(BASE))
+    cmd = [sys.executable, "-m", "modx.cli", "--config", "c.yaml", "train.mode=modx", "--no-progress", "output=DIR",
+           "--print-config", "train.lr=1e-4"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["train"]["mode"] == "modx" and cfg["output"] == "DIR" and cfg["train"]["lr"] == 1e-4
+
+
+def test_shipped_configs_point_at_the_benchmark_folder():
+    from pathlib import Path
+
+    from modx.benchmarks.emoji import DATASET_NAME
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    for f in sorted(root.glob("*.yaml")):
+        text = f.read_text()
+        for hint in [w for w in text.split() if "$SD_DATA/" in w]:
+            assert f"$SD_DATA/{DATASET_NAME}/captions.csv" in hint, (f.name, hint)
+        cfg = load_config(f)
+        if "emoji" in cfg["datasets"] and "extends" not in text:
+            assert f"{DATASET_NAME}/captions.csv" in cfg["datasets"]["emoji"]["path"], f.name

@@ -1,12 +1,14 @@
 """The emoji-styles benchmark: the same emoji concepts drawn in two open styles (Noto, Twemoji), with CLDR captions.
 
-Sources are npm packages at pinned versions, fetched with ``npm pack`` and checked against the registry's sha512
-integrity string before anything is unpacked. The dataset is built once into a cache folder and reused. This
+Sources are npm packages at pinned versions, fetched with ``npm pack`` (or, where npm is absent, straight from the
+registry over HTTPS with the standard library) and checked against the pinned sha512 integrity string before
+anything is unpacked. The dataset is built once into a cache folder and reused. This
 module needs only Pillow, pandas and numpy (never torch) so that fetching and inspecting the data stays cheap.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import csv
 import hashlib
@@ -21,6 +23,9 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,8 @@ MAX_CAPTIONS = 5
 CAPTION_COLUMNS = ("filepath", "title", "image_id", "style", "concept", "category", "subcategory", "split")
 ITEM_COLUMNS = ("image_id", "filepath", "style", "concept", "label", "name", "category", "subcategory", "split", "n_captions")
 NPM_TIMEOUT_S = 900
+HTTP_TIMEOUT_S = 60  # per network operation (connect, each read)
+DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 
 
 class BenchmarkDataError(SpatialDisorderError):
@@ -224,10 +231,7 @@ def _fetch(src: NpmSource, dest: Path, local: Path, progress) -> Path:
         return placed
     npm = shutil.which("npm")
     if npm is None:
-        raise BenchmarkDataError(
-            f"npm not found on PATH: install Node.js with npm (e.g. `apt-get install npm`) to fetch {src.spec}, "
-            f"or put {src.tarball_name} in {local}"
-        )
+        return _fetch_http(src, npm_registry(), dest, local, progress)
     dest.mkdir(parents=True, exist_ok=True)
     pack_dir = Path(tempfile.mkdtemp(prefix="pack.", dir=dest))
     _say(progress, f"fetching {src.spec} with npm pack ...")
@@ -253,6 +257,81 @@ def _fetch(src: NpmSource, dest: Path, local: Path, progress) -> Path:
     size = found[0].stat().st_size
     _say(progress, f"  {src.tarball_name}: {size / 1e6:.1f} MB, integrity ok")
     return found[0]
+
+
+def npm_registry(env: dict | None = None, cwd: Path | None = None, home: Path | None = None) -> str:
+    """The registry npm would use: ``$npm_config_registry`` (any case), else ``registry=`` in the project's
+    ``.npmrc`` (the working folder), then the user's (``$npm_config_userconfig`` or ``~/.npmrc``), else the public one."""
+    env = dict(os.environ if env is None else env)
+    for key, value in env.items():
+        if key.lower() == "npm_config_registry" and value.strip():
+            return value.strip()
+    user = env.get("npm_config_userconfig") or env.get("NPM_CONFIG_USERCONFIG")
+    rc_files = [Path(cwd or Path.cwd()) / ".npmrc", Path(user) if user else Path(home or Path.home()) / ".npmrc"]
+    for rc in rc_files:
+        value = _npmrc_value(rc, "registry", env)
+        if value:
+            return value
+    return DEFAULT_REGISTRY
+
+
+def _npmrc_value(path: Path, key: str, env: dict) -> str | None:
+    """``key = value`` from an npm ini file (``;``/``#`` comments, ``${VAR}`` expanded); None when absent."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith((";", "#")) and name.strip() == key:
+            value = value.strip().strip('"').strip("'")
+            return re.sub(r"\$\{([^}]+)\}", lambda m: env.get(m.group(1), ""), value) or None
+    return None
+
+
+def _http_get(url: str, accept: str = "*/*"):
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise BenchmarkDataError(f"{url}: only http(s) registry URLs are supported")
+    request = urllib.request.Request(url, headers={"Accept": accept, "User-Agent": f"spatial-disorder ({DATASET_NAME})"})
+    return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)  # noqa: S310 (scheme checked above)
+
+
+def _fetch_http(src: NpmSource, registry: str, dest: Path, local: Path, progress) -> Path:
+    """Without npm: read ``src``'s registry metadata, download its tarball, verify it and keep it in ``local``."""
+    hint = f"connect to the internet or the npm registry (npm_config_registry), install npm, or put {src.tarball_name} in {local}"
+    meta_url = registry.rstrip("/") + "/" + urllib.parse.quote(src.name, safe="@")
+    _say(progress, f"fetching {src.spec} from {registry} (npm not found on PATH) ...")
+    try:
+        with _http_get(meta_url, "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8") as response:
+            doc = json.loads(response.read().decode("utf-8"))
+        dist = doc["versions"][src.version]["dist"]
+        tarball_url = str(dist["tarball"])
+    except (urllib.error.URLError, OSError) as exc:
+        raise BenchmarkDataError(f"cannot fetch {src.spec} metadata from {meta_url} ({_net_reason(exc)}); {hint}") from None
+    except (ValueError, KeyError, TypeError):
+        raise BenchmarkDataError(f"{meta_url}: no version {src.version} with a tarball in the registry's answer; {hint}") from None
+    if dist.get("integrity") not in (None, src.integrity):
+        raise BenchmarkDataError(f"{meta_url}: the registry's integrity for {src.spec} is not the pinned one; nothing was built")
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / src.tarball_name
+    try:
+        with _http_get(tarball_url) as response, open(target, "wb") as fh:
+            shutil.copyfileobj(response, fh, 1 << 20)
+    except (urllib.error.URLError, OSError) as exc:
+        raise BenchmarkDataError(f"cannot download {tarball_url} ({_net_reason(exc)}); {hint}") from None
+    _verify(src, target)
+    local.mkdir(parents=True, exist_ok=True)
+    os.replace(target, local / src.tarball_name)  # verified: kept beside the pre-placed tarballs for the next build
+    fsync_dir(local)
+    _say(progress, f"  {src.tarball_name}: {(local / src.tarball_name).stat().st_size / 1e6:.1f} MB, integrity ok")
+    return local / src.tarball_name
+
+
+def _net_reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+    return " ".join(str(reason).split())[:200]
 
 
 def _npm_reason(stderr: str, code: int) -> str:
@@ -479,6 +558,34 @@ def build_emoji_dataset(tarballs: dict[str, Path], out: Path, progress=True) -> 
     }
 
 
+def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--data-dir", default=None, help="cache folder (default: $SD_DATA, else ~/.cache/spatial-disorder)")
+    parser.add_argument("--quiet", action="store_true", help="print only the dataset folder")
+    return parser
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Build (or find) the dataset; print its folder on stdout, counts and credits on stderr; errors in one line."""
+    try:
+        path = ensure_emoji_dataset(args.data_dir, progress=not args.quiet)
+    except BenchmarkDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        info = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+        print(json.dumps(info["counts"]), file=sys.stderr)
+        print(attribution_text(), file=sys.stderr)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m modx.benchmarks.emoji [--data-dir DIR] [--quiet]``."""
+    parser = argparse.ArgumentParser(prog="python -m modx.benchmarks.emoji",
+                                     description="Fetch and build the emoji-styles benchmark; print its folder.")
+    return cli(add_cli_arguments(parser).parse_args(argv))
+
+
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -497,3 +604,7 @@ def _csv_bytes(rows: list[dict], columns) -> bytes:
 def _say(progress, message: str) -> None:
     if progress:
         print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
