@@ -395,3 +395,50 @@ def test_atomic_writes_keep_the_user_umask(tmp_path, umask, mode):
     assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in written} == {
         str(p.relative_to(tmp_path)): oct(mode) for p in written}
     assert (tmp_path / "ordinary.txt").stat().st_mode & 0o777 == mode  # the same mode as a file written the ordinary way
+
+
+@pytest.mark.parametrize("where", ["probe", "stage"])
+@pytest.mark.parametrize("command", ["validate", "info"])
+def test_reader_refuses_names_outside_the_documented_pattern(run_dir, where, command):
+    """A manifest whose probe (or stage) is named 'val\\nerror: spoofed line' is bad input: exit 2, one line."""
+    doc = json.loads((run_dir / "run.json").read_text())
+    bad = "val\nerror: spoofed line"
+    if where == "probe":
+        old = doc["probes"][1]["name"]
+        doc["probes"][1]["name"] = bad
+        for stage in doc["stages"]:
+            stage["arrays"][bad] = stage["arrays"].pop(old)
+    else:
+        doc["stages"][1]["name"] = bad
+    (run_dir / "run.json").write_text(json.dumps(doc))
+    out = subprocess.run([sys.executable, "-m", "spatial_disorder.cli", command, "run"], cwd=run_dir.parent,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "spoofed line" in out.stderr and f"not a valid {where} name" in out.stderr
+    assert "\nerror: spoofed" not in out.stderr
+
+
+def test_every_module_imports_where_torch_modx_and_open_clip_cannot():
+    """Each spatial_disorder module imports in a process where importing torch, modx or open_clip raises."""
+    code = """
+import importlib, pkgutil, sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "modx", "open_clip"):
+            raise ImportError(f"{name} is not importable here")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+import spatial_disorder
+names = [m.name for m in pkgutil.walk_packages(spatial_disorder.__path__, "spatial_disorder.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import spatial_disorder
+
+    n_files = sum(1 for p in Path(spatial_disorder.__file__).parent.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert int(out.stdout.strip()) >= n_files  # every module file was imported (packages counted too)

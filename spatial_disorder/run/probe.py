@@ -12,7 +12,6 @@ A probe set has two tables so that one image can carry many captions (COCO and F
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +20,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RunFormatError
+from .schema import NAME_RULE, valid_name
 
-PROBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IMAGE_COLUMNS = ("id",)
 TEXT_COLUMNS = ("id", "caption", "image_id")
 
 
 def check_name(name: str, what: str = "probe") -> str:
-    if not isinstance(name, str) or not PROBE_NAME.match(name) or name in (".", ".."):
-        raise ValueError(
-            f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
-        )
+    if not valid_name(name):
+        raise ValueError(f"invalid {what} name {name!r}: use {NAME_RULE}")
     return name
 
 

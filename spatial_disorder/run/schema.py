@@ -15,6 +15,16 @@ MANIFEST = "run.json"
 MODALITIES = ("image", "text")
 ALLOWED_DTYPES = ("float16", "float32")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Probe and stage names (docs/run-format.md); matched in full, so no newline or other control character gets through.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` is a legal probe or stage name (also folder names: ``.`` and ``..`` are refused)."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None and name not in (".", "..")
+
+
+NAME_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
 
 
 def json_schema() -> dict:
@@ -62,6 +72,7 @@ def check_manifest(doc: object, manifest: Path) -> dict:
             need(isinstance(p.get(key), str), f"probes[{i}].{key} is missing or not a string")
         for key in ("n_images", "n_texts"):
             need(isinstance(p.get(key), int) and p[key] >= 0, f"probes[{i}].{key} is missing or not a count")
+        need(valid_name(p["name"]), f"probes[{i}].name {p['name']!r} is not a valid probe name ({NAME_RULE})")
         need(p["name"] not in seen, f"probe {p['name']!r} is listed twice")
         seen.add(p["name"])
     stages = doc.get("stages")
@@ -70,6 +81,7 @@ def check_manifest(doc: object, manifest: Path) -> dict:
     for i, s in enumerate(stages):
         need(isinstance(s, dict), f"stages[{i}] is not an object")
         need(isinstance(s.get("name"), str), f"stages[{i}].name is missing")
+        need(valid_name(s["name"]), f"stages[{i}].name {s['name']!r} is not a valid stage name ({NAME_RULE})")
         need(s["name"] not in names, f"stage {s['name']!r} is listed twice")
         names.add(s["name"])
         need(s.get("meta") is None or isinstance(s.get("meta"), str), f"stage {s['name']!r}: meta is not a path")
