@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spatial_disorder import open_run  # noqa: E402
+from spatial_disorder.atomic import atomic_write_bytes  # noqa: E402
 from spatial_disorder.gate.inputs import from_stages  # noqa: E402
 from spatial_disorder.metrics.bridge import CURVE_SIZES, evaluate_bridge, learning_curve  # noqa: E402
-from spatial_disorder.run.atomic import atomic_write_bytes  # noqa: E402
 
 MODES = ("finetune", "modx", "feature_distill", "joint")
 PROBES = ("google_seen", "twitter_seen")

@@ -336,7 +336,7 @@ def analyse(path: Path, mode: str, seed: int, slice_of: dict) -> tuple[dict, pd.
     """One row of the results table and the per-stage R@1 curves of a finished run (cached in the run)."""
     from spatial_disorder import open_run
     from spatial_disorder.analysis import analyze_run
-    from spatial_disorder.run.atomic import atomic_write_json
+    from spatial_disorder.atomic import atomic_write_json
 
     cache = path / "reference_analysis.json"
     if cache.is_file():
@@ -634,7 +634,7 @@ def main(argv=None) -> int:
 
 
 def write_outputs(rows: pd.DataFrame, curves: pd.DataFrame, args) -> None:
-    from spatial_disorder.run.atomic import atomic_write_bytes
+    from spatial_disorder.atomic import atomic_write_bytes
 
     res_dir = args.results_dir
     res_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from spatial_disorder.run.atomic import atomic_write
+from spatial_disorder.atomic import atomic_write
 
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from spatial_disorder.atomic import atomic_write_bytes
 from spatial_disorder.errors import RunFormatError
 from spatial_disorder.run import RunWriter
-from spatial_disorder.run.atomic import atomic_write_bytes
 
 from . import __version__, checkpoint, models
 from .config import dump_yaml, pieces_for, resume_changes

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from .errors import InputError
 from .knn import as_unit_rows
 from .metrics.bridge import (
@@ -36,7 +37,6 @@ from .metrics.bridge import (
     fit_map,
     learning_curve,
 )
-from .run.atomic import atomic_write, atomic_write_bytes, atomic_write_json
 
 FORMAT = "spatial-disorder-bridge"
 FORMAT_VERSION = 1

@@ -38,7 +38,7 @@ def _interactive() -> bool:
 
 def _write_output(path, data: bytes) -> None:
     """Write one output file atomically, creating its folder first (a fresh CI checkout has no reports/)."""
-    from .run.atomic import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     path = Path(path)
     try:

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from spatial_disorder import ProbeSet, RunFormatError, RunWriter, open_run, write_run
+from spatial_disorder.atomic import sha256_file
 from spatial_disorder.cli import main as sd_main
 from spatial_disorder.run import json_schema
-from spatial_disorder.run.atomic import sha256_file
 
 RNG = np.random.default_rng(0)
 
@@ -379,7 +379,7 @@ def test_import_does_not_pull_torch():
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_writes_keep_the_user_umask(tmp_path, umask, mode):
-    from spatial_disorder.run.atomic import atomic_write_bytes
+    from spatial_disorder.atomic import atomic_write_bytes
 
     old = os.umask(umask)
     try:

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spatial_disorder.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file, write_synced
 from spatial_disorder.errors import SpatialDisorderError
-from spatial_disorder.run.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 DATASET_NAME = "emoji-styles-v1"
 STYLES = ("google", "twitter")
@@ -520,7 +520,7 @@ def build_emoji_dataset(tarballs: dict[str, Path], out: Path, progress=True) -> 
             caps = make_captions(lab["label"], lab.get("tags") or (), entry.get("short_names") or ())
             concept = unified.lower()
             rel = f"images/{src.style}/{concept}.png"
-            _write_synced(out / rel, _composite_png(pngs[src.style][entry["image"]], f"{src.tarball_name}:{entry['image']}"))
+            write_synced(out / rel, _composite_png(pngs[src.style][entry["image"]], f"{src.tarball_name}:{entry['image']}"))
             image_id = f"{src.style}/{concept}"
             common = {"style": src.style, "concept": concept, "category": entry.get("category") or "", "subcategory": entry.get("subcategory") or "", "split": split[unified]}
             item_rows.append({"image_id": image_id, "filepath": rel, **common, "label": lab["label"], "name": entry.get("name") or "", "n_captions": len(caps)})
@@ -584,13 +584,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modx.benchmarks.emoji",
                                      description="Fetch and build the emoji-styles benchmark; print its folder.")
     return cli(add_cli_arguments(parser).parse_args(argv))
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _csv_bytes(rows: list[dict], columns) -> bytes:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import sha256_file
 from ..errors import RunFormatError
-from .atomic import sha256_file
 from .probe import ProbeSet, load_probe
 from .schema import MANIFEST, MODALITIES, check_manifest, safe_relpath
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
+from ..atomic import atomic_write_json, fsync_dir, fsync_file, sha256_file, write_npy_synced
 from ..errors import RunFormatError
-from .atomic import atomic_write_json, fsync_dir, sha256_file, write_npy_synced
 from .probe import ProbeSet, check_name
 from .schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MODALITIES, check_manifest
 
@@ -129,8 +129,7 @@ class RunWriter:
                     frame.to_csv(target, index=False)
                 else:
                     frame.to_parquet(target, index=False)
-                with open(target, "rb") as fh:
-                    os.fsync(fh.fileno())
+                fsync_file(target)
                 files[key] = target.name
             sums = {key: sha256_file(tmp / name) for key, name in files.items()}
             self._move_into_place(tmp, final)
