@@ -95,11 +95,13 @@ def compare_rules(ai, bi, at, bt) -> list[dict]:
     return rows
 
 
-def planted(noises=(0.0, 0.005, 0.01, 0.02), theta=12.0, n=4000, d=96, seed=0) -> pd.DataFrame:
+def planted(noises=(0.0, 0.005, 0.01, 0.02), theta=12.0, n=4000, d=96, seed=0, plane=(1, 2)) -> pd.DataFrame:
+    """``plane``: the principal directions (1 = the largest after the mean) whose plane turns."""
     img, basis = clip_like_cloud(n, d, seed=seed)
     txt = img + 0.3 * clip_like_cloud(n, d, seed=seed + 2, basis=basis)[0] + 0.3 * basis[:, 3]
     txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-    r = plane_rotation(basis[:, 1], basis[:, 2], theta)
+    r = plane_rotation(basis[:, plane[0]], basis[:, plane[1]], theta)
+    where = "main plane" if plane == (1, 2) else f"plane of directions {plane[0]} and {plane[1]}"
     rng = np.random.default_rng(seed + 1)
     out = []
     for noise in noises:
@@ -110,7 +112,7 @@ def planted(noises=(0.0, 0.005, 0.01, 0.02), theta=12.0, n=4000, d=96, seed=0) -
         ai, bi, at, bt = noisy(img), noisy(img @ r), noisy(txt), noisy(txt @ r)
         moved = float(np.median(rotation_angles(noisy(img @ r), (img @ r).astype(np.float32))))
         for row in compare_rules(ai, bi, at, bt):
-            out.append({"case": f"planted {theta:g} deg, noise {noise:g} (moves items {moved:.1f} deg)", **row})
+            out.append({"case": f"planted {theta:g} deg in the {where}, noise {noise:g} (moves items {moved:.1f} deg)", **row})
     return pd.DataFrame(out)
 
 
@@ -139,7 +141,7 @@ def planted_table(df: pd.DataFrame) -> str:
     """Rules as rows, noise levels as columns; each cell image geodesic / largest plane / inter-modal (degrees)."""
     sel = df[df["case"].str.startswith("planted")]
     cases = list(dict.fromkeys(sel["case"]))
-    lines = ["| rule | " + " | ".join(c.split(", ", 1)[1] for c in cases) + " |", "|---|" + "---|" * len(cases)]
+    lines = ["| rule | " + " | ".join(c.split(" deg in the ", 1)[1] for c in cases) + " |", "|---|" + "---|" * len(cases)]
     for rule in RULES:
         cells = []
         for c in cases:
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", nargs="*", default=[], help="run folders to measure (stage 0 against the last stage)")
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "rigid_rule")
     args = ap.parse_args(argv)
-    df = pd.concat([planted(), real(args.runs)] if args.runs else [planted()], ignore_index=True)
+    parts = [planted(), planted(noises=(0.005,), plane=(8, 9))] + ([real(args.runs)] if args.runs else [])
+    df = pd.concat(parts, ignore_index=True)
     atomic_write_bytes(args.out.with_suffix(".csv"), df.to_csv(index=False).encode())
     text = ("# Rigid-rotation rules compared (experiments/rigid_rule.py)\n\nPlanted (image geodesic / largest plane / "
             "inter-modal, degrees; truth 12 / 12 / 0):\n\n" + planted_table(df) + "\nEvery case and rule:\n\n" + to_markdown(df))
