@@ -12,6 +12,11 @@ goes to ``experiments/results/`` and the reference figures to ``figures/``.
 
 Runs whose directory holds every stage are skipped, so the command can be rerun after an interruption
 (an unfinished run is resumed from its last checkpoint).
+
+An importable module (``from experiments import reference``): configs (``stage0_config``, ``mode_config``),
+runs (``train_run``), analysis (``analyse``; forgetting and BWT from ``spatial_disorder.metrics.continual``),
+the results table (``summarise``, ``paired_differences``, ``markdown_table``) and ``run_experiment``; ``main``
+only parses the command line. Figures: ``experiments.reference_figures``; statistics: ``experiments.stats``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the ``experiments`` package importable
+    sys.path.insert(0, str(ROOT))
+
+from experiments.runlock import take_lock  # noqa: E402
+from experiments.stats import t_interval  # noqa: E402
+
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "emoji_reference.yaml"
 DEFAULT_RESULTS = ROOT / "experiments" / "results"
 DEFAULT_FIGURES = ROOT / "figures"
@@ -76,21 +87,6 @@ def say(message: str) -> None:
 
 
 # --- statistics ---------------------------------------------------------------------------------------
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
-    """Mean and two-sided t-interval of the mean over seeds: (mean, low, high, n); NaN bounds when n < 2."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    mean = float(v.mean())
-    if n < 2:
-        return mean, float("nan"), float("nan"), n
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half, n
 
 
 def summarise(rows: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
@@ -222,44 +218,12 @@ def run_state(path: Path, n_stages: int) -> str:
     return "complete" if len(stages) >= n_stages else "partial"
 
 
-def _lock(out: Path, label: str, wait: bool = True):
-    """Take ``<run>.lock`` (another process of this script may train the same run); wait while it is held.
-
-    Returns the lock path, or None when the lock is held elsewhere and ``wait`` is false.
-    """
-    lock = out.parent / f"{out.name}.lock"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except PermissionError:
-                pass
-            if not wait:
-                return None
-            if not waited:
-                say(f"{label}: another process is training it, waiting")
-                waited = True
-            time.sleep(10)
-            continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return lock
-
-
 def train_run(cfg: dict, n_stages: int, label: str, wait: bool = True) -> Path | None:
     """Train (or resume, or skip when complete) one run; None when another process holds it and not ``wait``."""
     from modx.runner import train
 
     out = Path(cfg["output"])
-    lock = _lock(out, label, wait)
+    lock = take_lock(out, label, wait, say)
     if lock is None:
         return None
     try:
@@ -312,23 +276,27 @@ def acc_by_group(res, stages, probe, groups: dict) -> dict:
 
 
 def bwt(res, stages, retrieval: pd.DataFrame, slice_of: dict) -> dict:
-    """Backward transfer (Lopez-Paz and Ranzato): mean over tasks k < T of acc[T, k] - acc[k, k].
+    """Backward transfer (Lopez-Paz and Ranzato) from ``spatial_disorder.metrics.continual``: mean over tasks
+    k < T of acc[T, k] - acc[k, k].
 
-    Task 0 is the old domain (the old-domain probe); task k >= 1 is slice k, measured on the new-domain
-    probe's items that belong to slice k. Negative = forgetting.
+    Task 0 is the old domain (the old-domain probe, learned at stage 0); task k >= 1 is slice k, measured on
+    the new-domain probe's items that belong to slice k (learned at stage k). Negative = forgetting.
     """
-    T = len(stages) - 1
+    from spatial_disorder.metrics.continual import continual_table
+
     grouped = acc_by_group(res, stages, NEW, slice_of)
     out = {}
     for direction in ("i2t", "t2i"):
         r = retrieval[(retrieval["probe"] == OLD) & (retrieval["direction"] == direction) & (retrieval["metric"] == "R@1")]
         old = dict(zip(r["stage"], r["value"]))
-        diffs = [old[stages[T]] - old[stages[0]]]
-        for k in range(1, T):
-            end, learned = grouped.get((stages[T], direction, k)), grouped.get((stages[k], direction, k))
-            if end is not None and learned is not None:
-                diffs.append(end - learned)
-        out[f"bwt_{direction}"] = float(np.mean(diffs))
+        acc = {"old": [old[s] for s in stages]}
+        learned_at = {"old": 0}
+        for k in range(1, len(stages)):
+            column = [grouped.get((s, direction, k)) for s in stages]
+            if all(v is not None for v in column):  # a slice with no probe items has no task score
+                acc[f"slice{k}"], learned_at[f"slice{k}"] = column, k
+        table = continual_table(pd.DataFrame(acc, index=stages), learned_at)
+        out[f"bwt_{direction}"] = float(table[(table["probe"] == "all") & (table["quantity"] == "bwt")]["value"].iloc[0])
     return out
 
 
@@ -399,136 +367,6 @@ def analyse(path: Path, mode: str, seed: int, slice_of: dict) -> tuple[dict, pd.
     return row, curves
 
 
-# --- figures ------------------------------------------------------------------------------------------
-
-
-def _label(mode: str, counts: dict) -> str:
-    """Legend label; the number of seeds is added when the modes have different numbers of seeds."""
-    return MODE_LABELS[mode] if len(set(counts.values())) <= 1 else f"{MODE_LABELS[mode]} (n={counts[mode]})"
-
-
-def _seeds(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
-def _style(plt):
-    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
-                         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 110})
-
-
-def fig_retrieval(curves: pd.DataFrame, path: Path, n_seeds: int) -> None:
-    """R@1 across stages, old and new domain x two directions, mean over seeds with the 95% CI band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _style(plt)
-    counts = curves.groupby("mode")["seed"].nunique().to_dict()
-    fig, axes = plt.subplots(2, 2, figsize=(10.5, 7.2), sharex=True)
-    panels = [(OLD, "i2t", "old domain (Google style), image → text"), (OLD, "t2i", "old domain (Google style), text → image"),
-              (NEW, "i2t", "new domain (Twitter style), image → text"), (NEW, "t2i", "new domain (Twitter style), text → image")]
-    for ax, (probe, direction, title) in zip(axes.flat, panels):
-        for mode in [m for m in MODES if m in set(curves["mode"])]:
-            c = curves[(curves["mode"] == mode) & (curves["probe"] == probe) & (curves["direction"] == direction)]
-            stats = [(i, *t_interval(g["value"].tolist())) for i, g in c.groupby("stage_index")]
-            if not stats:
-                continue
-            x = np.array([s[0] for s in stats])
-            mean, low, high = (np.array([s[k] for s in stats]) for k in (1, 2, 3))
-            ax.plot(x, mean, marker=MARKERS[mode], color=COLOURS[mode], label=_label(mode, counts), lw=2, ms=5)
-            for _, one in c.groupby("seed"):  # every seed, thin
-                one = one.sort_values("stage_index")
-                ax.plot(one["stage_index"], one["value"], color=COLOURS[mode], lw=0.8, alpha=0.45)
-            if np.isfinite(low).any() and counts.get(mode, 0) >= 3:
-                ax.fill_between(x, np.clip(low, 0, 100), np.clip(high, 0, 100), color=COLOURS[mode], alpha=0.15, lw=0)
-        ax.set_title(title)
-        ax.set_ylabel("R@1 (%)")
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("stage (0: old domain learned; 1-5: new-domain phases)")
-        ax.set_xticks(range(0, 6))
-    axes[0, 0].legend(loc="lower left", frameon=False)
-    fig.suptitle("Retrieval on seen concepts (300 per style) across the continual stages\n"
-                 f"thick: mean over {_seeds(n_seeds)}; thin: each seed; bands (3+ seeds): 95% t-interval",
-                 fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def _bars(ax, rows, metrics, labels, ylabel, title):
-    modes = [m for m in MODES if m in set(rows["mode"])]
-    width = 0.8 / max(1, len(modes))
-    counts = rows.groupby("mode")["seed"].nunique().to_dict()
-    for j, mode in enumerate(modes):
-        part = rows[rows["mode"] == mode]
-        for i, metric in enumerate(metrics):
-            mean, low, high, n = t_interval(part[metric].tolist())
-            x = i + (j - (len(modes) - 1) / 2) * width
-            err = None if not math.isfinite(low) else [[mean - low], [high - mean]]
-            ax.bar(x, mean, width * 0.92, color=COLOURS[mode], label=_label(mode, counts) if i == 0 else None,
-                   yerr=err, capsize=3, error_kw={"lw": 1.2})
-            ax.scatter(np.full(len(part), x), part[metric], s=12, color="black", zorder=3, lw=0)
-    ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels(labels)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def fig_disorder(rows: pd.DataFrame, path: Path, n_seeds: int) -> None:
-    """Spatial disorder of the old-domain probe, stage 0 -> last: rotation, neighbour overlap, paired-angle change."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _style(plt)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), gridspec_kw={"width_ratios": [2, 2, 1.2]})
-    _bars(axes[0], rows, ["rotation_image_deg", "rotation_text_deg"], ["image", "text"], "mean rotation angle (degrees)",
-          "Intra-modal rotation")
-    _bars(axes[1], rows, ["knn_overlap_image", "knn_overlap_text"], ["image", "text"], "share of 10 nearest neighbours kept (0-1)",
-          "Neighbour overlap (k = 10)")
-    axes[1].set_ylim(0, 1)
-    _bars(axes[2], rows, ["paired_angle_change_deg"], ["image-caption"], "change of paired angle (degrees)",
-          "Inter-modal deviation")
-    axes[0].legend(loc="upper right", frameon=False, fontsize=9)
-    fig.suptitle(f"Old-domain probe (Google style, 300 seen concepts), stage 0 → last stage; bars: mean over {_seeds(n_seeds)} "
-                 "with 95% t-interval, dots: seeds", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def fig_tradeoff(rows: pd.DataFrame, path: Path) -> None:
-    """Final old-domain vs new-domain R@1 (mean of both directions), one point per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _style(plt)
-    counts = rows.groupby("mode")["seed"].nunique().to_dict()
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    stage0_old = rows[["old_r1_i2t_stage0", "old_r1_t2i_stage0"]].mean(axis=1)
-    stage0_new = rows[["new_r1_i2t_stage0", "new_r1_t2i_stage0"]].mean(axis=1)
-    ax.scatter(stage0_new, stage0_old, marker="*", s=140, color="#555555", label="stage 0 (before new domain)", zorder=3)
-    for mode in [m for m in MODES if m in set(rows["mode"])]:
-        part = rows[rows["mode"] == mode]
-        ax.scatter(part[["new_r1_i2t", "new_r1_t2i"]].mean(axis=1), part[["old_r1_i2t", "old_r1_t2i"]].mean(axis=1),
-                   marker=MARKERS[mode], color=COLOURS[mode], s=55, label=_label(mode, counts), zorder=3, edgecolor="white")
-    ax.set_xlabel("new-domain R@1 after the last slice (%, mean of i2t and t2i)")
-    ax.set_ylabel("old-domain R@1 after the last slice (%, mean of i2t and t2i)")
-    ax.set_title("Stability vs plasticity, one point per seed")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, loc="best", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
 # --- main ---------------------------------------------------------------------------------------------
 
 
@@ -565,56 +403,52 @@ def captions_path(args) -> Path:
     return ensure_emoji_dataset(args.data_dir) / "captions.csv"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    captions = captions_path(args)
-    over = base_overrides(captions, args.overrides)
-    work = args.work_dir.resolve()
-    seeds, modes = list(dict.fromkeys(args.seeds)), [m for m in MODES if m in args.modes]
-    start = time.perf_counter()
+def slice_plans(config: Path, over: Sequence[str], seeds: Sequence[int]) -> dict[int, tuple[list[str], list[list[str]]]]:
+    """Per seed: image ids of stage 0 and of each continual phase (slices seeded by the seed)."""
     plans = {}
     for seed in seeds:
-        full = load(args.config, [*over, f"seed={seed}"])
+        full = load(config, [*over, f"seed={seed}"])
         if full["phases"].get("random_slices") is not None:
             full["phases"]["slice_seed"] = seed
         plans[seed] = phase_image_ids(full)
-    n_stages = len(plans[seeds[0]][1]) + 1
-    say(f"experiment: seeds {seeds}, modes {modes}, {n_stages - 1} continual phases; runs under {work}")
-    if args.stage0_only:
-        for seed in seeds:
-            train_run(stage0_config(args.config, over, seed, work / f"seed{seed}" / "stage0"), 1, f"seed {seed} stage 0")
-        return 0
-    if not args.report_only:
-        # the main comparison (finetune, modx) for every seed first, then feature_distill, then joint (the costliest),
-        # so that an interrupted experiment has the most informative runs
-        tiers = [("finetune", "modx"), ("feature_distill",), ("joint",)]
-        order = [(s, m) for tier in tiers for s in seeds for m in tier if m in modes]
-        done_stage0 = set()
-        pending = list(enumerate(order))
-        while pending:  # runs held by another process of this script are retried after the others
-            deferred = []
-            for i, (seed, mode) in pending:
-                s0_seed = seed if args.stage0_from is None else args.stage0_from
-                s0 = work / f"seed{s0_seed}" / "stage0"
-                if s0_seed not in done_stage0:
-                    train_run(stage0_config(args.config, over, s0_seed, s0), 1, f"seed {s0_seed} stage 0")
-                    done_stage0.add(s0_seed)
-                out = run_dir(work, seed, mode, args.stage0_from)
-                cfg = mode_config(args.config, over, seed, mode, s0 / "checkpoints" / "stage0.pt", out)
-                if train_run(cfg, n_stages, f"[{i + 1}/{len(order)}] seed {seed} {mode}", wait=False) is None:
-                    deferred.append((i, (seed, mode)))
-                    continue
-                say(f"elapsed {(time.perf_counter() - start) / 60:.1f} min")
-            if deferred and len(deferred) == len(pending):
-                time.sleep(10)
-            pending = deferred
+    return plans
+
+
+def train_all(args, over: Sequence[str], work: Path, seeds: Sequence[int], modes: Sequence[str], n_stages: int, start: float) -> None:
+    """Train (or resume, or skip) every run: each seed's stage-0 model first, then the modes that share it.
+
+    The main comparison (finetune, modx) for every seed comes first, then feature_distill, then joint (the
+    costliest), so an interrupted experiment has the most informative runs; runs held by another process of
+    this script are retried after the others.
+    """
+    tiers = [("finetune", "modx"), ("feature_distill",), ("joint",)]
+    order = [(s, m) for tier in tiers for s in seeds for m in tier if m in modes]
+    done_stage0 = set()
+    pending = list(enumerate(order))
+    while pending:
+        deferred = []
+        for i, (seed, mode) in pending:
+            s0_seed = seed if args.stage0_from is None else args.stage0_from
+            s0 = work / f"seed{s0_seed}" / "stage0"
+            if s0_seed not in done_stage0:
+                train_run(stage0_config(args.config, over, s0_seed, s0), 1, f"seed {s0_seed} stage 0")
+                done_stage0.add(s0_seed)
+            out = run_dir(work, seed, mode, args.stage0_from)
+            cfg = mode_config(args.config, over, seed, mode, s0 / "checkpoints" / "stage0.pt", out)
+            if train_run(cfg, n_stages, f"[{i + 1}/{len(order)}] seed {seed} {mode}", wait=False) is None:
+                deferred.append((i, (seed, mode)))
+                continue
+            say(f"elapsed {(time.perf_counter() - start) / 60:.1f} min")
+        if deferred and len(deferred) == len(pending):
+            time.sleep(10)
+        pending = deferred
+
+
+def analyse_all(args, work: Path, plans: dict, modes: Sequence[str], n_stages: int) -> tuple[list[dict], list[pd.DataFrame]]:
+    """One results row and one curve frame per finished run; unfinished runs are left out (and said so)."""
     rows, curves = [], []
-    for seed in seeds:
-        slice_of = {img: k + 1 for k, ids in enumerate(plans[seed][1]) for img in ids}
+    for seed, (_, slices) in plans.items():
+        slice_of = {img: k + 1 for k, ids in enumerate(slices) for img in ids}
         for mode in modes:
             path = run_dir(work, seed, mode, args.stage0_from)
             if run_state(path, n_stages) != "complete":
@@ -625,12 +459,39 @@ def main(argv=None) -> int:
             row["stage0_seed"] = seed if args.stage0_from is None else args.stage0_from
             rows.append(row)
             curves.append(curve)
+    return rows, curves
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    """The whole experiment for parsed arguments (see ``parse_args``): train, analyse, write the table and figures."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    over = base_overrides(captions_path(args), args.overrides)
+    work = args.work_dir.resolve()
+    seeds, modes = list(dict.fromkeys(args.seeds)), [m for m in MODES if m in args.modes]
+    start = time.perf_counter()
+    plans = slice_plans(args.config, over, seeds)
+    n_stages = len(plans[seeds[0]][1]) + 1
+    say(f"experiment: seeds {seeds}, modes {modes}, {n_stages - 1} continual phases; runs under {work}")
+    if args.stage0_only:
+        for seed in seeds:
+            train_run(stage0_config(args.config, over, seed, work / f"seed{seed}" / "stage0"), 1, f"seed {seed} stage 0")
+        return 0
+    if not args.report_only:
+        train_all(args, over, work, seeds, modes, n_stages, start)
+    rows, curves = analyse_all(args, work, plans, modes, n_stages)
     if not rows:
         say("no finished runs to analyse")
         return 1
     write_outputs(pd.DataFrame(rows), pd.concat(curves, ignore_index=True), args)
     say(f"finished in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_experiment(parse_args(argv))
 
 
 def write_outputs(rows: pd.DataFrame, curves: pd.DataFrame, args) -> None:
@@ -657,6 +518,8 @@ def write_outputs(rows: pd.DataFrame, curves: pd.DataFrame, args) -> None:
     atomic_write_bytes(res_dir / f"{args.name}.md", text.encode("utf-8"))
     say(f"wrote {res_dir / (args.name + '.csv')} and {res_dir / (args.name + '.md')}")
     if not args.no_figures:
+        from experiments.reference_figures import fig_disorder, fig_retrieval, fig_tradeoff
+
         args.figures_dir.mkdir(parents=True, exist_ok=True)
         prefix = args.figures_dir / args.name
         n_seeds = int(rows["seed"].nunique())

@@ -23,6 +23,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the output directory from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run that already exists in the output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-to", metavar="NAMES", help="training scalars to tensorboard, wandb, both (all) or none; "
+                   "comma-separated, like open_clip's (same as logging.tensorboard / logging.wandb)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)  # crash simulation for tests
     return p
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides) + list(args.overrides_pos)
         if args.output:
             overrides.append(f"output={args.output}")
+        if args.report_to is not None:
+            from .report_to import report_to_overrides
+
+            overrides += report_to_overrides(args.report_to)
         config = load_config(args.config, overrides)
         if args.print_config:
             print(dump_yaml(config), end="")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,7 @@ T_975_DF2 = 4.302652729911275  # two-sided 95% Student t quantile, 2 degrees of 
 T_975_DF3 = 3.182446305284263  # 3 degrees of freedom (tables: 3.182)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reference_script", ROOT / "experiments" / "reference.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load_script()
+from experiments import reference as ref  # noqa: E402
 
 
 def test_t_interval_known_values():
@@ -168,3 +162,9 @@ def test_paired_differences_known_values():
     assert j["n"] == 1 and j["mean"] == pytest.approx(89.0)
     table = ref.markdown_table(ref.paired_differences(rows, "modx", "finetune", ["old_r1_i2t"]), [("old_r1_i2t", "old R@1", "%")])
     assert "Mod-X − fine-tune (paired)" in table.splitlines()[0] and "| old R@1 | % | 2.0 ± 2.5 |" in table
+
+
+def test_script_runs_from_any_folder(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "reference.py"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--report-only" in out.stdout and out.stderr == ""
