@@ -35,12 +35,7 @@ from .metrics.neighbours import overlap_from_indices
 from .metrics.procrustes import (
     DEFAULT_FLOOR,
     Gram,
-    cross_products,
     gram,
-    joint_rotations,
-    procrustes_from_products,
-    rigid_residual_angles,
-    rigid_share,
 )
 from .metrics.registry import FAMILIES, METRICS
 from .metrics.retrieval import (
@@ -282,6 +277,10 @@ class PairContext:
         """A per-item column (one value per image, or per caption for "text" and "cross")."""
         self.columns.setdefault(modality, {})[column] = np.asarray(values)
 
+    def spectrum(self, kind: str, centred: bool, angles, shares, dim: int, held: float) -> None:
+        """One rotation spectrum (rows of ``RunAnalysis.spectra``): plane angles with their variance shares and the fit's subspace."""
+        self.spectra.append(_spectrum_frame(self.a, self.b, self.probe, kind, centred, angles, shares, dim, held))
+
     def size(self, modality: str) -> int:
         return self.engine.sizes[(self.probe, modality)]
 
@@ -483,43 +482,6 @@ class _Engine:
         for modality, cols in ctx.columns.items():
             out["items"].append(self._item_frame(a, b, probe, modality, cols))
         self.timing["pairs_s"] += time.perf_counter() - t0
-
-    def rigid(self, ctx) -> None:
-        """The Procrustes family as one unit: uncentred and centred proper rotations per modality, each fitted in the
-        principal subspace of the two stages (metrics/procrustes.py), the rigid share of every item's movement, then
-        both modalities' rotations in one shared subspace and how they differ (the inter-modal rotation)."""
-        a, b, probe, put, spectra = ctx.a, ctx.b, ctx.probe, ctx.put, ctx.spectra
-        mods = self.probes[probe]
-        products = {}
-        for m in mods:
-            xa, xb = self.unit(a, probe, m), self.unit(b, probe, m)
-            fr = self.fit_rows.get((probe, m))
-            prods = cross_products(*((xa, xb) if fr is None else (xa[fr], xb[fr])), gram_a=self.stage_gram(a, probe, m))
-            products[m] = (prods, self.stage_gram(b, probe, m))
-            for centred in (False, True):
-                fit = procrustes_from_products(*products[m], centred=centred, floor=self.rotation_floor)
-                tag = "procrustes_centred" if centred else "procrustes"
-                put(m, f"{tag}_angle_deg", fit.geodesic_deg)
-                put(m, f"{tag}_max_angle_deg", fit.max_deg)
-                put(m, f"{tag}_residual_frac", fit.residual_frac)
-                put(m, f"{tag}_dim", fit.dim)
-                put(m, f"{tag}_variance_held", fit.variance_held)
-                spectra.append(_spectrum_frame(a, b, probe, m, centred, fit.angles_deg, fit.plane_share, fit.dim, fit.variance_held))
-                if not centred:
-                    rot = ctx.rotation(m)
-                    residual = rigid_residual_angles(xa, xb, fit)
-                    per_item, share = rigid_share(rot, residual)
-                    put(m, "rigid_share", share)
-                    put(m, "rigid_residual_mean_deg", residual.mean())
-                    ctx.item(m, "rigid_residual_deg", residual)
-                    ctx.item(m, "rigid_share", per_item)
-        if len(mods) == 2:
-            joint = joint_rotations(products["image"], products["text"], floor=self.rotation_floor)
-            put("cross", "intermodal_rotation_deg", joint.geodesic_deg)
-            put("cross", "intermodal_rotation_max_deg", joint.max_deg)
-            put("cross", "intermodal_rotation_dim", joint.dim)
-            spectra.append(_spectrum_frame(a, b, probe, "image_vs_text", False, joint.angles_deg, joint.plane_share, joint.dim,
-                                           joint.variance_held))
 
     def stage_gram(self, stage, probe, modality) -> Gram:
         """Gram matrix of one stage's (fit rows of) unit embeddings, computed once per stage."""

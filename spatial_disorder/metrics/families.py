@@ -11,7 +11,8 @@ import numpy as np
 
 from .deviation import flips
 from .neighbours import summarise_overlap
-from .registry import METRICS, Family, MetricInfo, register
+from .procrustes import cross_products, joint_rotations, procrustes_from_products, rigid_residual_angles, rigid_share
+from .registry import Family, MetricInfo, register
 from .rotation import distribution
 
 M = MetricInfo
@@ -36,17 +37,81 @@ ROTATION = register(Family("rotation", "rotation", (
 ), _rotation_pair, {"rotation_deg": ("intra", "deg")}))
 
 
-# --- rigid rotation (Procrustes): the engine's block, wrapped as one unit ------------------------------------
+# --- rigid rotation (Procrustes) -----------------------------------------------------------------------------
 def _procrustes_pair(ctx) -> None:
-    ctx.engine.rigid(ctx)
+    """Uncentred and centred proper rotations per modality, each fitted in the principal subspace of the two stages
+    (metrics/procrustes.py), the rigid share of the items' movement, then both modalities' rotations in one shared
+    subspace and how they differ (the inter-modal rotation). Fast mode fits and scores the seeded fit rows only."""
+    engine, floor, products = ctx.engine, ctx.engine.rotation_floor, {}
+    for m in ctx.modalities:
+        xa, xb = ctx.unit(ctx.a, m), ctx.unit(ctx.b, m)
+        rows = engine.fit_rows.get((ctx.probe, m))
+        fa, fb = (xa, xb) if rows is None else (xa[rows], xb[rows])
+        products[m] = (cross_products(fa, fb, gram_a=engine.stage_gram(ctx.a, ctx.probe, m)), engine.stage_gram(ctx.b, ctx.probe, m))
+        for centred in (False, True):
+            fit = procrustes_from_products(*products[m], centred=centred, floor=floor)
+            tag = "procrustes_centred" if centred else "procrustes"
+            ctx.put(m, f"{tag}_angle_deg", fit.geodesic_deg)
+            ctx.put(m, f"{tag}_max_angle_deg", fit.max_deg)
+            ctx.put(m, f"{tag}_residual_frac", fit.residual_frac)
+            ctx.put(m, f"{tag}_dim", fit.dim)
+            ctx.put(m, f"{tag}_variance_held", fit.variance_held)
+            ctx.spectrum(m, centred, fit.angles_deg, fit.plane_share, fit.dim, fit.variance_held)
+            if centred:
+                continue
+            rot = ctx.rotation(m)
+            residual = np.full(len(xa), np.nan)
+            residual[slice(None) if rows is None else rows] = rigid_residual_angles(fa, fb, fit)
+            per_item, share = rigid_share(rot if rows is None else rot[rows], residual if rows is None else residual[rows])
+            ctx.put(m, "rigid_share", share)
+            ctx.put(m, "rigid_residual_mean_deg", np.nanmean(residual))
+            ctx.item(m, "rigid_residual_deg", residual)
+            full = np.full(len(xa), np.nan)
+            full[slice(None) if rows is None else rows] = per_item
+            ctx.item(m, "rigid_share", full)
+    if ctx.cross:
+        joint = joint_rotations(products["image"], products["text"], floor=floor)
+        ctx.put("cross", "intermodal_rotation_deg", joint.geodesic_deg)
+        ctx.put("cross", "intermodal_rotation_max_deg", joint.max_deg)
+        ctx.put("cross", "intermodal_rotation_dim", joint.dim)
+        ctx.spectrum("image_vs_text", False, joint.angles_deg, joint.plane_share, joint.dim, joint.variance_held)
 
 
-_RIGID_SECTIONS = {"intermodal_rotation_deg": "intermodal", "intermodal_rotation_max_deg": "intermodal"}
-_RIGID_FLAGS = {"procrustes_angle_deg": {"headline": True}, "rigid_share": {"headline": True, "compare": True},
-                "intermodal_rotation_deg": {"headline": True, "compare": True}}
-PROCRUSTES = register(Family("procrustes", "rotation", tuple(
-    MetricInfo(**{**info.__dict__, "section": _RIGID_SECTIONS.get(name, info.section), **_RIGID_FLAGS.get(name, {})})
-    for name, info in list(METRICS.items()) if not info.family
+PROCRUSTES = register(Family("procrustes", "rotation", (
+    M("procrustes_angle_deg", "intra", "deg",
+      "Geodesic angle of the best proper rotation R from a to b, fitted where the data live (the principal subspace of "
+      "both stages: directions with at least a tenth of the average variance).",
+      "sqrt(sum_planes theta_p^2), R = argmin ||A R - B||_F over rotations of span(U)", "higher", headline=True),
+    M("procrustes_max_angle_deg", "intra", "deg", "Largest plane angle of that rotation.", "max_p theta_p", "higher"),
+    M("procrustes_residual_frac", "intra", "fraction",
+      "Share of the change not explained by the rigid rotation (0: pure rotation, 1: nothing explained).",
+      "||A R - B||^2 / ||A - B||^2", "higher"),
+    M("procrustes_dim", "intra", "count", "Dimension r of the principal subspace the rotation was fitted in.",
+      "#{k : lambda_k(M) >= floor * tr(M) / d}, M = (A^T A + B^T B) / 2n", "higher", calibrate=False),
+    M("procrustes_variance_held", "intra", "fraction", "Share of the two stages' variance inside that subspace.",
+      "sum_{k <= r} lambda_k(M) / tr(M)", "lower", calibrate=False),
+    M("procrustes_centred_angle_deg", "intra", "deg", "Geodesic Procrustes angle after centring both stages (same rule).",
+      "as procrustes_angle_deg on A - mean(A), B - mean(B)", "higher"),
+    M("procrustes_centred_max_angle_deg", "intra", "deg", "Largest plane angle of the centred Procrustes rotation.",
+      "max_p theta_p (centred)", "higher"),
+    M("procrustes_centred_residual_frac", "intra", "fraction", "Residual fraction after centring both stages.",
+      "||A_c R_c - B_c||^2 / ||A_c - B_c||^2", "higher"),
+    M("procrustes_centred_dim", "intra", "count", "Dimension of the centred fit's principal subspace.",
+      "as procrustes_dim on the pooled covariance", "higher", calibrate=False),
+    M("procrustes_centred_variance_held", "intra", "fraction", "Share of the pooled covariance inside the centred subspace.",
+      "as procrustes_variance_held on the pooled covariance", "lower", calibrate=False),
+    M("rigid_share", "intra", "fraction",
+      "How much of the items' movement the best rigid rotation explains (1: a rotation a d x d matrix can undo; "
+      "0: a change of shape).", "1 - sum_i angle(a_i R, b_i)^2 / sum_i angle(a_i, b_i)^2", "lower", headline=True, compare=True),
+    M("rigid_residual_mean_deg", "intra", "deg",
+      "Mean angle between each item's rigidly rotated old position and its new one: the movement no rotation explains.",
+      "mean_i angle(a_i R, b_i)", "higher"),
+    M("intermodal_rotation_deg", "cross", "deg",
+      "Geodesic angle of R_image^T R_text, both fitted in the principal subspace of the two modalities at both stages: "
+      "how differently the two modalities rotated.", "sqrt(sum_planes theta_p(R_I^T R_T)^2)", "higher", section="intermodal", headline=True, compare=True),
+    M("intermodal_rotation_max_deg", "cross", "deg", "Largest plane angle of R_image^T R_text.", "max_p theta_p(R_I^T R_T)", "higher", section="intermodal"),
+    M("intermodal_rotation_dim", "cross", "count", "Dimension of the shared subspace of the inter-modal comparison.",
+      "as procrustes_dim on the four pooled clouds", "higher", calibrate=False, section="intermodal"),
 ), _procrustes_pair, {"rigid_residual_deg": ("intra", "deg"), "rigid_share": ("intra", "fraction")}))
 
 

@@ -267,12 +267,12 @@ def joint_rotations(image: tuple[CrossProducts, Gram], text: tuple[CrossProducts
 def rigid_residual_angles(a: np.ndarray, b: np.ndarray, fit: ProcrustesResult, block: int = _BLOCK) -> np.ndarray:
     """Per-item angle (degrees) between the rigidly rotated old position a_i R and the new position b_i (unit rows):
     what the best rotation leaves unexplained. R acts only in the fit's basis, so a R = a + (a U)(R_r - I) U^T."""
-    basis, f = fit.basis, fit.rotation - np.eye(fit.rotation.shape[0])
+    basis = fit.basis.astype(np.float32)
+    f = (fit.rotation - np.eye(fit.rotation.shape[0])).astype(np.float32)
     out = np.empty(a.shape[0])
     for s in range(0, a.shape[0], block):
-        x = np.asarray(a[s : s + block], dtype=np.float64)
-        moved = x + ((x @ basis) @ f) @ basis.T
-        out[s : s + block] = unit_angle_deg(moved, np.asarray(b[s : s + block], dtype=np.float64))
+        x = np.asarray(a[s : s + block], dtype=np.float32)
+        out[s : s + block] = unit_angle_deg(x + ((x @ basis) @ f) @ basis.T, np.asarray(b[s : s + block], dtype=np.float32))
     return out
 
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal", "other")
+SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal", "upgrade", "other")
 
 
 @dataclass(frozen=True)
@@ -50,51 +50,8 @@ class MetricInfo:
         return "lower" if self.worse_when == "higher" else "higher"
 
 
-def _m(*args, **kw) -> tuple[str, MetricInfo]:
-    info = MetricInfo(*args, **kw)
-    return info.name, info
-
-
-# The rigid-rotation catalogue, adopted as is by the "procrustes" family (metrics/families.py); every other
-# family declares its metrics where it computes them. After import, METRICS holds every registered metric.
-METRICS: dict[str, MetricInfo] = dict(
-    [
-        _m("procrustes_angle_deg", "intra", "deg",
-           "Geodesic angle of the best proper rotation R from a to b, fitted where the data live (the principal subspace of "
-           "both stages: directions with at least a tenth of the average variance).",
-           "sqrt(sum_planes theta_p^2), R = argmin ||A R - B||_F over rotations of span(U)", "higher"),
-        _m("procrustes_max_angle_deg", "intra", "deg", "Largest plane angle of that rotation.", "max_p theta_p", "higher"),
-        _m("procrustes_residual_frac", "intra", "fraction",
-           "Share of the change not explained by the rigid rotation (0: pure rotation, 1: nothing explained).",
-           "||A R - B||^2 / ||A - B||^2", "higher"),
-        _m("procrustes_dim", "intra", "count", "Dimension r of the principal subspace the rotation was fitted in.",
-           "#{k : lambda_k(M) >= floor * tr(M) / d}, M = (A^T A + B^T B) / 2n", "higher", calibrate=False),
-        _m("procrustes_variance_held", "intra", "fraction", "Share of the two stages' variance inside that subspace.",
-           "sum_{k <= r} lambda_k(M) / tr(M)", "lower", calibrate=False),
-        _m("procrustes_centred_angle_deg", "intra", "deg", "Geodesic Procrustes angle after centring both stages (same rule).",
-           "as procrustes_angle_deg on A - mean(A), B - mean(B)", "higher"),
-        _m("procrustes_centred_max_angle_deg", "intra", "deg", "Largest plane angle of the centred Procrustes rotation.",
-           "max_p theta_p (centred)", "higher"),
-        _m("procrustes_centred_residual_frac", "intra", "fraction", "Residual fraction after centring both stages.",
-           "||A_c R_c - B_c||^2 / ||A_c - B_c||^2", "higher"),
-        _m("procrustes_centred_dim", "intra", "count", "Dimension of the centred fit's principal subspace.",
-           "as procrustes_dim on the pooled covariance", "higher", calibrate=False),
-        _m("procrustes_centred_variance_held", "intra", "fraction", "Share of the pooled covariance inside the centred subspace.",
-           "as procrustes_variance_held on the pooled covariance", "lower", calibrate=False),
-        _m("rigid_share", "intra", "fraction",
-           "How much of the items' movement the best rigid rotation explains (1: a rotation a d x d matrix can undo; "
-           "0: a change of shape).", "1 - sum_i angle(a_i R, b_i)^2 / sum_i angle(a_i, b_i)^2", "lower"),
-        _m("rigid_residual_mean_deg", "intra", "deg",
-           "Mean angle between each item's rigidly rotated old position and its new one: the movement no rotation explains.",
-           "mean_i angle(a_i R, b_i)", "higher"),
-        _m("intermodal_rotation_deg", "cross", "deg",
-           "Geodesic angle of R_image^T R_text, both fitted in the principal subspace of the two modalities at both stages: "
-           "how differently the two modalities rotated.", "sqrt(sum_planes theta_p(R_I^T R_T)^2)", "higher"),
-        _m("intermodal_rotation_max_deg", "cross", "deg", "Largest plane angle of R_image^T R_text.", "max_p theta_p(R_I^T R_T)", "higher"),
-        _m("intermodal_rotation_dim", "cross", "count", "Dimension of the shared subspace of the inter-modal comparison.",
-           "as procrustes_dim on the four pooled clouds", "higher", calibrate=False),
-    ]
-)
+# Every registered metric (filled by ``register``; the built-in families live in metrics/families.py).
+METRICS: dict[str, MetricInfo] = {}
 
 # Norms over rotation planes, sqrt(sum_p theta_p^2): up to 180 * sqrt(d / 2) degrees, not 180.
 GEODESIC = {"procrustes_angle_deg", "procrustes_centred_angle_deg", "intermodal_rotation_deg"}
@@ -135,7 +92,9 @@ class Family:
     ``pair(ctx)`` is called once per stage pair and probe set with a ``PairContext`` (spatial_disorder/analysis.py);
     it reads cached per-stage results (``ctx.sa``, ``ctx.sb``, ``ctx.rotation(m)``, ...) and writes summary values
     with ``ctx.put(modality, metric, value)`` and per-item columns with ``ctx.item(modality, column, values)``.
-    ``items`` declares those per-item columns: column -> (kind, unit).
+    ``items`` declares those per-item columns: column -> (kind, unit). ``run(engine, ref, last)``, when given, is
+    called once per analysis after every pair and returns run-level tables ({RunAnalysis field: DataFrame}) for the
+    reference stage ``ref`` against the last stage ``last`` (the bridge family's learning curve).
     """
 
     name: str
@@ -143,6 +102,7 @@ class Family:
     metrics: tuple[MetricInfo, ...]
     pair: Callable | None = None
     items: dict = field(default_factory=dict)
+    run: Callable | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -151,8 +111,7 @@ FAMILIES: dict[str, Family] = {}
 def register(family: Family) -> Family:
     """Add a family (replacing one of the same name); its metrics join ``METRICS`` with family and section filled in.
 
-    A metric name may belong to one family only; entries of the catalogue above that no family has claimed yet
-    may be adopted.
+    A metric name may belong to one family only.
     """
     if family.section not in SECTIONS:
         raise ValueError(f"family {family.name!r}: section {family.section!r} is not one of {SECTIONS}")
@@ -194,3 +153,4 @@ def section_metrics(section: str) -> list[str]:
 
 
 from . import families as _families  # noqa: E402,F401  (registers the built-in families)
+from . import bridge_family as _bridge_family  # noqa: E402,F401  (upgrade without re-indexing)
