@@ -122,7 +122,7 @@ def test_resume_changes_names_changed_keys_and_ignores_safe_ones():
 
     saved = load_config(data=BASE, overrides=["train.mode=modx"])
     same = load_config(data=BASE, overrides=["train.mode=modx", "train.progress=false", "train.num_workers=2", "output=elsewhere"])
-    assert {"output", "train.progress", "train.num_workers"} == set(RESUME_SAFE_KEYS)
+    assert {"output", "train.progress", "train.num_workers", "logging"} == set(RESUME_SAFE_KEYS)
     assert resume_changes(saved, same) == []
     changed = load_config(data=BASE, overrides=["train.mode=finetune", "train.lr=5e-4", "train.epochs=2", "loss.modx.alpha=1"])
     assert resume_changes(saved, changed) == ["loss.modx.alpha", "train.epochs", "train.mode"]  # lr 5e-4 is the default
@@ -152,3 +152,35 @@ def test_shipped_configs_point_at_the_benchmark_folder():
         cfg = load_config(f)
         if "emoji" in cfg["datasets"] and "extends" not in text:
             assert f"{DATASET_NAME}/captions.csv" in cfg["datasets"]["emoji"]["path"], f.name
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"train": {"log_every": "often"}}, "train.log_every must be an integer >= 0, not 'often'"),
+        ({"model": {"augment": "yes"}}, "model.augment must be true or false, not 'yes'"),
+        ({"stage0": {"dataset": "d", "lr": -1}}, "stage0.lr must be a finite non-negative number, not -1"),
+        ({"probes": [{"name": "p", "dataset": "d", "sample": 0}]}, "probes[0].sample must be an integer >= 1, not 0"),
+        ({"logging": {"tensorboard": 1}}, "logging.tensorboard must be true or false, not 1"),
+        ({"train": {"betas": [0.9]}}, "train.betas must be two numbers in [0, 1), not [0.9]"),
+        ({"seed": 1.5}, "seed must be an integer >= 0, not 1.5"),
+    ],
+)
+def test_cli_bad_values_name_file_and_key(tmp_path, section, message):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**BASE, **section}))
+    out = subprocess.run([sys.executable, "-m", "modx.cli", "--config", "c.yaml", "--print-config"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"error: c.yaml: {message}\n"
+
+
+def test_resolved_config_is_typed_with_stage0_settings():
+    from modx.config import RunConfig, TrainSettings, resolve
+
+    data = {**BASE, "stage0": {"dataset": "d", "epochs": 3, "lr": 1e-3}, "train": {"epochs": 7, "lr": 1e-4, "batch_size": 8}}
+    cfg = resolve(load_config(data=data, overrides=["train.mode=modx"]))
+    assert isinstance(cfg, RunConfig) and isinstance(cfg.train, TrainSettings)
+    assert cfg.pieces == ["clip", "modx"] and cfg.modx.alpha == 20.0 and cfg.train.betas == (0.9, 0.98)
+    s0, s1 = cfg.stage_settings(0), cfg.stage_settings(1)
+    assert (s0.epochs, s0.lr, s0.batch_size) == (3, 1e-3, 8) and (s1.epochs, s1.lr, s1.batch_size) == (7, 1e-4, 8)
+    assert resolve(load_config(data=BASE)).stage_settings(0) == resolve(load_config(data=BASE)).train  # no stage0
