@@ -36,7 +36,7 @@ from spatial_disorder.metrics.procrustes import (
     small_linalg,
 )
 from spatial_disorder.metrics.rotation import rotation_angles
-from spatial_disorder.run.atomic import atomic_write_bytes
+from spatial_disorder.atomic import atomic_write_bytes
 from spatial_disorder.synthetic import clip_like_cloud, plane_rotation
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ..atomic import fsync_dir, write_synced
 from ..errors import InputError
-from ..run.atomic import fsync_dir
 
 # A folder we may replace holds one of these (so a typo in --out never deletes someone's data).
 MARKERS = ("index.html", "metrics.json", "compare.json")
@@ -47,10 +47,7 @@ def write_folder(out: str | os.PathLike, files: dict[str, bytes]) -> Path:
         for rel, data in files.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_synced(target, data)
         for folder in {(tmp / rel).parent for rel in files} | {tmp}:
             fsync_dir(folder)
         old = None
