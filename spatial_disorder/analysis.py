@@ -19,6 +19,7 @@ import pandas as pd
 from .errors import InputError
 from .jsonutil import clean, records
 from .knn import Backend, as_unit_rows, check_k, get_backend
+from .metrics.bridge_family import BRIDGE_CURVE_COLUMNS
 from .metrics.continual import continual_from_retrieval
 from .metrics.deviation import (
     DEFAULT_TEMPERATURE,
@@ -71,7 +72,7 @@ FAST_CROSS_STAGE_QUERIES = 200
 CROSS_STAGE_MAX_STAGES = 16  # the full matrix is written up to this many stages (the pair metrics always)
 N_TRAJECTORY_ITEMS = 6
 # the run-level tables written to metrics.json (items and paired angles go to CSV only)
-JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories")
+JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories", "bridge_curve")
 CROSS_STAGE_COLUMNS = ["probe", "image_stage", "text_stage", "value", "ci_low", "ci_high", "queries"]
 TRAJECTORY_COLUMNS = ["probe", "modality", "item", "label", "stage", "x", "y", "step_deg", "explained_pct"]
 
@@ -92,6 +93,13 @@ class RunAnalysis:
     - ``cross_stage``: [probe, image_stage, text_stage, value, ci_low, ci_high, queries], image-to-text R@1 (%)
       with images from one stage and captions from another (sampled queries, 95% interval).
     - ``trajectories``: [probe, modality, item, label, stage, x, y, step_deg, explained_pct], a few items' paths.
+    - ``bridge_curve``: [probe, stage_a, stage_b, calibration_images, method, direction, fit_texts, t2i_R@1, i2t_R@1,
+      t2i_R@1_recovery, i2t_R@1_recovery, image_agreement, text_agreement, image_residual_frac, text_residual_frac,
+      held_images, note], the bridge's learning curve from the reference stage to the last one: recovery and agreement
+      against the number of calibration images, on one held-out set (docs/bridge.md).
+    - ``meta``: settings and bookkeeping: backend, k, fast, seed, stages, pairs, probes, ref, timing_s, ...
+    - ``probes``: probe tables (captions, image ids) by probe name, for labels; empty for ``analyze_arrays``.
+    - ``text_to_image``: each caption's image row, by probe name.
     - ``meta``: settings and bookkeeping: backend, k, fast, seed, stages, pairs, probes, ref, timing_s, ...
     - ``probes``: probe tables (captions, image ids) by probe name, for labels; empty for ``analyze_arrays``.
     - ``text_to_image``: each caption's image row, by probe name.
@@ -108,6 +116,7 @@ class RunAnalysis:
     cross_stage: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CROSS_STAGE_COLUMNS))
     trajectories: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAJECTORY_COLUMNS))
     text_to_image: dict = field(default_factory=dict, repr=False)
+    bridge_curve: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=BRIDGE_CURVE_COLUMNS))
 
     @property
     def stages(self) -> list[str]:
@@ -590,7 +599,7 @@ def default_pairs(stages: list[str], ref: int | str = 0, consecutive: bool = Tru
     return sorted(out, key=lambda p: (max(order[p[0]], order[p[1]]), min(order[p[0]], order[p[1]])))
 
 
-def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None) -> tuple:
+def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None, ref=None) -> tuple:
     out = {"summary": [], "items": [], "spectra": []}
     retrieval, paired = [], []
     for probe in engine.probes:
@@ -614,7 +623,19 @@ def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None)
     paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(columns=["stage", "probe", "row", "id", "paired_angle_deg"])
     continual = continual_from_retrieval(retrieval_df, list(stages), learned_at)
     return dict(summary=summary, items=items, retrieval=retrieval_df, spectra=spectra, paired=paired_df, continual=continual,
-                cross_stage=_cross_stage_frame(engine, stages), trajectories=_trajectories(engine, stages))
+                cross_stage=_cross_stage_frame(engine, stages), trajectories=_trajectories(engine, stages),
+                **_run_tables(engine, ref, stages[-1] if stages else ref))
+
+
+def _run_tables(engine: _Engine, ref, last) -> dict:
+    """The families' run-level tables (``Family.run``) for the reference stage against the last one."""
+    out: dict = {}
+    if ref is None:
+        return out
+    for family in FAMILIES.values():
+        if family.run is not None:
+            out.update(family.run(engine, ref, last))
+    return out
 
 
 def _cross_stage_frame(engine: _Engine, stages) -> pd.DataFrame:
@@ -722,7 +743,7 @@ def analyze_run(
                      id_tables={p: run.probes[p] for p in names})
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     t = time.perf_counter()
-    tables = _run_engine(engine, pairs, used, progress, learned)
+    tables = _run_engine(engine, pairs, used, progress, learned, ref=ref_name if ref_name in used else None)
     meta = _meta(engine, used, pairs, {"run": str(run.path), "ref": ref_name, "total_s": round(time.perf_counter() - t, 3)})
     return RunAnalysis(**tables, meta=meta, probes={p: run.probes[p] for p in names}, text_to_image=t2i)
 
@@ -759,6 +780,6 @@ def analyze_arrays(reference: dict, candidate: dict, text_to_image=None, *, k: i
                      topology_max_items=topology_max_items, rotation_floor=rotation_floor)
     pairs = [("reference", "candidate")]
     t = time.perf_counter()
-    tables = _run_engine(engine, pairs, list(stages))
+    tables = _run_engine(engine, pairs, list(stages), ref="reference")
     meta = _meta(engine, list(stages), pairs, {"run": None, "ref": "reference", "total_s": round(time.perf_counter() - t, 3)})
     return RunAnalysis(**tables, meta=meta, text_to_image={} if t2i is None else {"arrays": t2i})

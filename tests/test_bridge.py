@@ -165,12 +165,41 @@ def test_fit_matches_scipy_and_ridge_approaches_it():
 def test_too_few_calibration_items_and_mismatched_items_raise():
     ref, t2i = clip_like(n=60)
     with pytest.raises(InputError, match="too few"):
-        mb.evaluate_bridge(ref, ref, t2i, fraction=0.5)  # 30 calibration images for 48 dimensions
+        mb.evaluate_bridge(ref, ref, t2i, fraction=0.01)  # one calibration image
     short = {m: x[:-1] for m, x in ref.items()}
     with pytest.raises(InputError, match="same items"):
         mb.evaluate_bridge(ref, short, t2i)
     with pytest.raises(InputError, match="too few"):
-        bridge.fit(ref["image"][:10], ref["image"][:10])
+        bridge.fit(ref["image"][:1], ref["image"][:1])
+    with pytest.raises(InputError, match="too few"):  # between widths, one row per dimension is still needed
+        mb.fit_map(ref["image"][:10], ref["image"][:10, :20])
+
+
+def low_rank_cloud(n, d, k, seed=0):
+    """Unit rows filling a k-dimensional subspace of R^d (a power-law spectrum there, a faint isotropic rest), and its basis."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, k)))
+    x = (rng.normal(size=(n, k)) * (1.0 + np.arange(k)) ** -0.3) @ basis.T + 0.01 / np.sqrt(d) * rng.normal(size=(n, d))
+    return unit(x), basis
+
+
+def test_orthogonal_map_below_d_rows_recovers_a_rotation_of_the_data_subspace():
+    n, d, k = 400, 64, 12
+    img, basis = low_rank_cloud(n, d, k)
+    txt = unit(img + 0.3 / np.sqrt(k) * np.random.default_rng(1).normal(size=(n, k)) @ basis.T)
+    q = planted_rotation(k, [60.0] * 6, seed=2)
+    r = np.eye(d) + basis @ (q - np.eye(k)) @ basis.T  # turns the data's subspace, leaves the rest
+    ref, cand, t2i = {"image": img, "text": txt}, {"image": unit(img @ r), "text": unit(txt @ r)}, np.arange(n)
+    m = mb.fit_map(img[:40], cand["image"][:40])  # 40 calibration rows for 64 dimensions
+    assert np.allclose(m @ m.T, np.eye(d), atol=1e-9)  # an orthogonal map
+    held = img[200:]
+    assert np.abs(held @ m - held @ r).max() < 0.03  # the planted rotation, where the data are
+    split = mb.Split(np.arange(40), np.arange(200, n), t2i)  # 40 calibration images (and their 40 captions)
+    ev = mb.evaluate_bridge(ref, cand, t2i, split=split, methods=("orthogonal",), directions=("index",))
+    t = ev.table.set_index("setting")
+    assert t.at["cross", "t2i_R@1"] < 0.5 * t.at["new/new", "t2i_R@1"]  # without a map the upgrade breaks retrieval
+    assert ev.metrics["bridge_t2i_R@1_recovery"] >= 0.98 and ev.metrics["bridge_i2t_R@1_recovery"] >= 0.98
+    assert ev.metrics["bridge_image_agreement"] > 0.97 and ev.metrics["bridge_text_agreement"] > 0.97
 
 
 def test_learning_curve_drops_impossible_sizes_and_explains_too_small_ones(planted):
@@ -178,7 +207,9 @@ def test_learning_curve_drops_impossible_sizes_and_explains_too_small_ones(plant
     lc = mb.learning_curve(ref, cand, t2i, sizes=(20, 100, 1000, None))
     assert sorted(set(lc["calibration_images"])) == [20, 100, 300]
     small = lc[(lc["calibration_images"] == 20) & (lc["method"] == "orthogonal")].iloc[0]
-    assert np.isnan(small["t2i_R@1_recovery"]) and "too few" in small["note"]
+    assert np.isfinite(small["t2i_R@1_recovery"]) and small["note"] == ""  # fitted in the principal subspace
+    tiny = mb.learning_curve(ref, cand, t2i, sizes=(1, 20))
+    assert tiny[tiny["calibration_images"] == 1]["note"].str.contains("too few").all()
     assert lc[lc["method"] == "ridge"]["t2i_R@1_recovery"].notna().all()
     full = lc[(lc["calibration_images"] == 300) & (lc["method"] == "orthogonal")].iloc[0]
     ev = mb.evaluate_bridge(ref, cand, t2i)
@@ -309,7 +340,7 @@ def test_cli_bridge_bad_input_exits_2_with_one_line_and_writes_nothing(bridge_ru
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "short.npy", np.load(root / "cand_image.npy")[:-3])
     argv = {
-        "too_small": ["bridge", str(run), "--fit-fraction", "0.05"],
+        "too_small": ["bridge", str(run), "--fit-fraction", "0.001"],
         "mismatch": ["bridge", f"--ref-image={root / 'ref_image.npy'}", f"--cand-image={tmp_path / 'short.npy'}",
                      f"--ref-text={root / 'ref_text.npy'}", f"--cand-text={root / 'cand_text.npy'}"],
         "one_modality": ["bridge", f"--ref-image={root / 'ref_image.npy'}", f"--cand-image={root / 'cand_image.npy'}"],
@@ -358,3 +389,72 @@ def test_bridge_reference_script_on_planted_runs(tmp_path):
     assert set(curve["calibration_images"]) == {50, 60}  # 100 and 300 exceed the 60 held-in images
     text = (tmp_path / "out" / "bridge_reference.md").read_text()
     assert "Mod-X plus a bridge" in text and "orthogonal, index" in text
+
+
+# ---------------------------------------------------------------- the registered family: analysis, report, compare, check
+
+
+@pytest.fixture(scope="module")
+def family_runs(tmp_path_factory):
+    """One run whose last stage is the first under a common rotation (a bridge recovers it) and one whose last stage
+    is an unrelated model of the same items (a d x d map cannot recover it: re-indexing is needed)."""
+    root = tmp_path_factory.mktemp("family")
+    ref, _ = clip_like(n=600, d=24)
+    other, _ = clip_like(n=600, d=24, seed=7)
+    ps = ProbeSet.from_pairs("val", [f"caption {i}" for i in range(600)])
+    turned = rotated(ref, planted_rotation(24, [60.0] * 8, seed=3))
+    ok = write_run(root / "ok", ps, {"s0": {"val": ref}, "s1": {"val": turned}})
+    bad = write_run(root / "bad", ps, {"s0": {"val": ref}, "s1": {"val": other}})
+    return ref, turned, ok, bad
+
+
+def test_bridge_family_in_the_analysis_recovers_a_planted_rotation(family_runs):
+    from spatial_disorder.analysis import analyze_arrays
+
+    ref, turned, _, _ = family_runs
+    a = analyze_arrays(ref, turned)
+    assert a.value("bridge_t2i_R@1_recovery") >= 0.98 and a.value("bridge_i2t_R@1_recovery") >= 0.98
+    assert a.value("bridge_image_agreement") > 0.95 and a.value("bridge_text_agreement") > 0.95
+    assert a.value("cross_t2i_R@1") < 0.5 * a.value("heldout_new_t2i_R@1")  # the unmapped upgrade breaks retrieval
+    direct = mb.bridge_metrics(ref, turned, np.arange(600), seed=0)  # the engine reuses cached pieces: same numbers
+    for name in ("bridge_t2i_R@1", "cross_i2t_R@5", "heldout_old_t2i_R@1", "bridge_text_agreement", "bridge_t2i_compatible"):
+        assert a.value(name) == pytest.approx(direct[name]), name
+    curve = a.bridge_curve
+    assert sorted(set(curve["calibration_images"])) == [50, 100, 300]
+    assert set(curve["method"]) == {"orthogonal", "ridge"} and (curve["stage_a"] == "reference").all()
+    lc = mb.learning_curve(ref, turned, np.arange(600))
+    assert curve["t2i_R@1_recovery"].to_numpy() == pytest.approx(lc["t2i_R@1_recovery"].to_numpy())
+
+
+def test_bridge_section_metrics_json_compare_and_check(family_runs, tmp_path, monkeypatch):
+    import jsonschema
+
+    from spatial_disorder.analysis import analyze_run
+    from spatial_disorder.report import compare_runs, make_report
+    from spatial_disorder.report.metrics_json import json_schema
+    from spatial_disorder.run import open_run
+
+    _, _, ok, bad = family_runs
+    run = open_run(ok)
+    analysis = analyze_run(run)
+    report = make_report(analysis, run)
+    out = report.write(tmp_path / "report")
+    html = report.html[report.html.index("id='upgrade'"):]
+    assert "Upgrade without re-indexing" in html and "bridged old index" in html and "cross (no map)" in html
+    fig = next(f for f in report.figures if f.key == "bridge_curve_val")
+    assert fig.section == "upgrade" and "300 calibration images" in fig.reading
+    doc = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(doc, json_schema())
+    assert len(doc["bridge_curve"]) == len(analysis.bridge_curve) == 6
+    assert doc["metrics"]["bridge_t2i_R@1_recovery"]["family"] == "bridge"
+    assert (out / "tables" / "bridge_curve.csv").is_file()
+    # compare: the recovery panels and rows
+    cmp = compare_runs([run, open_run(bad)], [analysis, analyze_run(open_run(bad))])
+    assert {"bridge_t2i_R@1_recovery", "bridge_image_agreement"} <= set(cmp.summary["metric"])
+    assert "bridge_t2i_R@1_recovery" in cmp.html
+    # check: CI can say "re-index needed"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reindex.toml").write_text('[[check]]\nmetric = "bridge_t2i_R@1_recovery"\nmin = 0.95\n'
+                                           '[[check]]\nmetric = "bridge_i2t_R@1_recovery"\nmin = 0.95\n')
+    assert main(["check", str(ok), "--thresholds", "reindex.toml"]) == 0
+    assert main(["check", str(bad), "--thresholds", "reindex.toml"]) == 1

@@ -5,7 +5,10 @@ rows L2-normalised. A bridge is a linear map M, fitted per modality on a seeded 
 items and scored on the held-out rest only:
 
 - ``orthogonal`` (default): M = U V^T where A_fit^T B_fit = U S V^T (orthogonal Procrustes, products
-  accumulated in float64 from float32 row blocks, never an n x n matrix);
+  accumulated in float64 from float32 row blocks, never an n x n matrix). With fewer calibration rows n
+  than dimensions d, A^T B cannot determine all d directions, so the map is fitted where the calibration
+  data live (the principal subspace of both sides, directions with at least a tenth of the average
+  variance, at most n of them, as in metrics/procrustes.py) and is the identity elsewhere;
 - ``ridge``: M = (A_fit^T A_fit + lambda I)^-1 A_fit^T B_fit with lambda = ridge * tr(A_fit^T A_fit) / d.
 
 Directions of use: ``index`` fits old -> new and carries the old index into the new space (new queries are
@@ -15,6 +18,7 @@ untouched). Arrays in, dataclasses and DataFrames out; no I/O. Formulas and defa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +26,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..knn import as_unit_rows
-from .procrustes import small_linalg
+from .procrustes import DEFAULT_FLOOR, principal_basis, small_linalg
 from .retrieval import DEFAULT_KS, RetrievalRanks, check_text_to_image, retrieval_ranks
 
 METHODS = ("orthogonal", "ridge")
@@ -31,6 +35,9 @@ MODALITIES = ("image", "text")
 DEFAULT_FRACTION = 0.5
 DEFAULT_RIDGE = 1e-2
 CURVE_SIZES = (50, 100, 300, None)  # calibration images; None = every held-in image
+CURVE_COLUMNS = ["calibration_images", "method", "direction", "fit_texts", "t2i_R@1", "i2t_R@1", "t2i_R@1_recovery",
+                 "i2t_R@1_recovery", "image_agreement", "text_agreement", "image_residual_frac", "text_residual_frac",
+                 "held_images", "note"]
 _BLOCK = 8192
 
 
@@ -85,11 +92,12 @@ def calibration_split(text_to_image, n_images: int, fraction: float = DEFAULT_FR
 
 
 def min_fit_rows(method: str, d_in: int, d_out: int) -> int:
-    """Fewest calibration rows that determine the map: an orthogonal map needs one row per dimension
-    (below that, A^T B is rank-deficient and the map on the missing directions is arbitrary); ridge is
-    regularised, so two rows suffice."""
+    """Fewest calibration rows that determine the map. Ridge is regularised, so two rows suffice; so does an
+    orthogonal map between spaces of one width (below d rows it is fitted in the calibration data's principal
+    subspace, see ``subspace_orthogonal``). Between spaces of different widths it needs one row per dimension
+    (below that, A^T B is rank-deficient and the map on the missing directions is arbitrary)."""
     check_method(method)
-    return min(d_in, d_out) if method == "orthogonal" else 2
+    return min(d_in, d_out) if method == "orthogonal" and d_in != d_out else 2
 
 
 def check_method(method: str) -> str:
@@ -104,15 +112,18 @@ def check_direction(direction: str) -> str:
     return direction
 
 
-def fit_products(source, target, with_gram: bool = False, normalized: bool = False, block: int = _BLOCK):
-    """C = S^T T (and G = S^T S if asked) over unit rows, from float32 row blocks summed in float64.
+def fit_products(source, target, with_gram: bool = False, normalized: bool = False, block: int = _BLOCK,
+                 with_target_gram: bool = False):
+    """C = S^T T (and G = S^T S, H = T^T T if asked) over unit rows, from float32 row blocks summed in float64.
 
     Rows are normalised block by block, so a memory-mapped array is read once and never copied whole.
+    Returns (C, G) or, with ``with_target_gram``, (C, G, H).
     """
     n, d_in = source.shape
     d_out = target.shape[1]
     c = np.zeros((d_in, d_out))
     g = np.zeros((d_in, d_in)) if with_gram else None
+    h = np.zeros((d_out, d_out)) if with_target_gram else None
     for s in range(0, n, block):
         x, y = source[s : s + block], target[s : s + block]
         if normalized:
@@ -122,12 +133,38 @@ def fit_products(source, target, with_gram: bool = False, normalized: bool = Fal
         c += x.T @ y
         if with_gram:
             g += x.T @ x
-    return c, g
+        if with_target_gram:
+            h += y.T @ y
+    return (c, g, h) if with_target_gram else (c, g)
+
+
+def subspace_orthogonal(c: np.ndarray, g: np.ndarray, h: np.ndarray, n: int, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    """The orthogonal map fitted where n calibration rows live: M = I + U (W - I) U^T.
+
+    U (d x r) spans the principal subspace of the pooled second moment (S^T S + T^T T) / 2n (directions with at
+    least ``floor`` of the average variance, at most n of them: A^T B has rank <= n, so more would leave part of
+    the map arbitrary), and W = polar factor of U^T (S^T T) U, the best orthogonal map inside it. M is orthogonal
+    (cosines inside the carried index are kept) and leaves the directions the calibration data do not fill as they
+    are. Needs d_in == d_out."""
+    with _linalg(len(c)):
+        basis, _ = principal_basis((g + h) / (2.0 * n), floor)
+        u = basis[:, : max(1, min(basis.shape[1], n))]
+        uu, _, vt = np.linalg.svd(u.T @ c @ u)
+        return np.eye(len(c)) + u @ (uu @ vt - np.eye(u.shape[1])) @ u.T
+
+
+def _linalg(d: int):
+    """``small_linalg`` for d x d work large enough to suffer from BLAS threads; nothing for small d (setting the
+    thread limit costs milliseconds, more than a 64 x 64 decomposition)."""
+    return small_linalg() if d >= 256 else contextlib.nullcontext()
 
 
 def fit_map(source, target, method: str = "orthogonal", ridge: float = DEFAULT_RIDGE, normalized: bool = False,
-            what: str = "calibration items", block: int = _BLOCK) -> np.ndarray:
-    """The [d_in, d_out] float64 matrix M with source @ M ~ target (rows paired item by item)."""
+            what: str = "calibration items", block: int = _BLOCK, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+    """The [d_in, d_out] float64 matrix M with source @ M ~ target (rows paired item by item).
+
+    An orthogonal map with fewer rows than dimensions is fitted in the rows' principal subspace (``floor``:
+    the variance floor of ``principal_basis``) and is the identity elsewhere (``subspace_orthogonal``)."""
     check_method(method)
     if source.ndim != 2 or target.ndim != 2:
         raise InputError(f"{what}: expected [n, d] arrays, got shapes {tuple(source.shape)} and {tuple(target.shape)}")
@@ -139,8 +176,12 @@ def fit_map(source, target, method: str = "orthogonal", ridge: float = DEFAULT_R
                          f"(needs at least {need}); calibrate on more items" + (" or use ridge" if method == "orthogonal" else ""))
     if method == "ridge" and not (np.isfinite(ridge) and ridge > 0):
         raise InputError(f"ridge strength must be a positive number, not {ridge}")
+    n, d_in, d_out = source.shape[0], source.shape[1], target.shape[1]
+    if method == "orthogonal" and n < d_in and d_in == d_out:
+        c, g, h = fit_products(source, target, with_gram=True, normalized=normalized, block=block, with_target_gram=True)
+        return subspace_orthogonal(c, g, h, n, floor)
     c, g = fit_products(source, target, with_gram=method == "ridge", normalized=normalized, block=block)
-    with small_linalg():
+    with _linalg(max(d_in, d_out)):
         if method == "orthogonal":
             u, _, vt = np.linalg.svd(c, full_matrices=False)
             return u @ vt
@@ -300,11 +341,14 @@ def _bct(row: dict, old: dict) -> dict:
 
 def evaluate_bridge(reference: dict, candidate: dict, text_to_image, split: Split | None = None, methods=METHODS,
                     directions=DIRECTIONS, fraction: float = DEFAULT_FRACTION, seed: int = 0, ridge: float = DEFAULT_RIDGE,
-                    ks=DEFAULT_KS, default: tuple[str, str] = ("orthogonal", "index"), normalized: bool = False) -> BridgeEvaluation:
+                    ks=DEFAULT_KS, default: tuple[str, str] = ("orthogonal", "index"), normalized: bool = False,
+                    old: dict | None = None, new: dict | None = None, table: bool = True) -> BridgeEvaluation:
     """Fit every (method, direction) on the calibration split and score all settings on the held-out items.
 
     A setting whose calibration split is too small for its method is skipped with the reason (the default
-    setting is not: it raises ``InputError``).
+    setting is not: it raises ``InputError``). ``old`` / ``new``: the held-out old/old and new/new R@K of this
+    split when already known (``held_out_recall``; the analysis engine computes them once per stage).
+    ``table=False`` leaves ``table`` empty (the flat ``metrics`` only, for the per-pair analysis).
     """
     ref = reference if normalized else _unit_pair(reference, "reference")
     cand = candidate if normalized else _unit_pair(candidate, "candidate")
@@ -315,8 +359,8 @@ def evaluate_bridge(reference: dict, candidate: dict, text_to_image, split: Spli
     ref_h = {m: ref[m][rows[m]] for m in MODALITIES}
     cand_h = {m: cand[m][rows[m]] for m in MODALITIES}
     held_t2i = split.held_text_to_image()
-    old = recall_at(retrieval_ranks(ref_h["image"], ref_h["text"], held_t2i, normalized=True), ks)
-    new = recall_at(retrieval_ranks(cand_h["image"], cand_h["text"], held_t2i, normalized=True), ks)
+    old = old if old is not None else held_out_recall(ref, split, ks)
+    new = new if new is not None else held_out_recall(cand, split, ks)
     cross = recall_at(paired_ranks((ref_h["image"], cand_h["text"]), (cand_h["image"], ref_h["text"]), held_t2i), ks)
     records = [{"setting": "old/old", **old}, {"setting": "new/new", **new},
                {"setting": "cross", **cross, **_recovery(cross, new), **_bct(cross, old)}]
@@ -334,32 +378,40 @@ def evaluate_bridge(reference: dict, candidate: dict, text_to_image, split: Spli
             row = score_bridge(ref_h, cand_h, held_t2i, fitted, ks)
             records.append({"setting": f"bridge {method} {direction}", "method": method, "direction": direction,
                             **row, **_recovery(row, new), **_bct(row, old)})
-    table = pd.DataFrame.from_records(records)
-    table["fit_images"], table["fit_texts"] = len(split.fit_images), len(split.fit_texts)
-    table["held_images"], table["held_texts"] = len(split.held_images), len(split.held_texts)
-    ev = BridgeEvaluation(table, {}, maps, split, tuple(default), skipped)
-    ev.metrics = flat_metrics(ev, ks)
-    return ev
+    sizes = {"fit_images": len(split.fit_images), "fit_texts": len(split.fit_texts), "held_images": len(split.held_images),
+             "held_texts": len(split.held_texts)}
+    metrics = _flat({r["setting"]: r for r in records}, tuple(default), split, ks)
+    if not table:
+        return BridgeEvaluation(pd.DataFrame(), metrics, maps, split, tuple(default), skipped)
+    frame = pd.DataFrame.from_records([{**r, **sizes} for r in records])
+    return BridgeEvaluation(frame, metrics, maps, split, tuple(default), skipped)
+
+
+def held_out_recall(arrays: dict, split: Split, ks=DEFAULT_KS) -> dict[str, float]:
+    """R@K (percent) of one model's own retrieval on the held-out items of ``split`` (unit rows in)."""
+    img, txt = arrays["image"][split.held_images], arrays["text"][split.held_texts]
+    return recall_at(retrieval_ranks(img, txt, split.held_text_to_image(), normalized=True), ks)
 
 
 def flat_metrics(ev: BridgeEvaluation, ks=DEFAULT_KS) -> dict[str, float]:
     """Name -> value: held-out old/old and new/new R@K, ``cross_*``, and ``bridge_*`` for the default setting."""
-    t = ev.table.set_index("setting")
+    return _flat({r["setting"]: r for r in ev.table.to_dict("records")}, ev.default, ev.split, ks)
+
+
+def _flat(rows: dict, default: tuple[str, str], split: Split, ks=DEFAULT_KS) -> dict[str, float]:
     out: dict[str, float] = {}
     for setting, prefix in (("old/old", "heldout_old_"), ("new/new", "heldout_new_"), ("cross", "cross_")):
-        out.update({f"{prefix}{d}_R@{k}": float(t.at[setting, f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
-    out.update({f"cross_{d}_compatible": float(t.at["cross", f"{d}_bct"]) for d in ("t2i", "i2t")})
-    name = f"bridge {ev.default[0]} {ev.default[1]}"
-    if name in t.index:
-        out.update({f"bridge_{d}_R@{k}": float(t.at[name, f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
-        out.update({f"bridge_{d}_R@1_recovery": float(t.at[name, f"{d}_R@1_recovery"]) for d in ("t2i", "i2t")})
-        out.update({f"bridge_{d}_compatible": float(t.at[name, f"{d}_bct"]) for d in ("t2i", "i2t")})
-        out["bridge_image_agreement"] = float(t.at[name, "image_agreement"])
-        out["bridge_text_agreement"] = float(t.at[name, "text_agreement"])
-        out["bridge_image_residual_frac"] = float(t.at[name, "image_residual_frac"])
-        out["bridge_text_residual_frac"] = float(t.at[name, "text_residual_frac"])
-    out["bridge_fit_images"] = float(len(ev.split.fit_images))
-    out["bridge_heldout_images"] = float(len(ev.split.held_images))
+        out.update({f"{prefix}{d}_R@{k}": float(rows[setting][f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
+    out.update({f"cross_{d}_compatible": float(rows["cross"][f"{d}_bct"]) for d in ("t2i", "i2t")})
+    row = rows.get(f"bridge {default[0]} {default[1]}")
+    if row is not None:
+        out.update({f"bridge_{d}_R@{k}": float(row[f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
+        out.update({f"bridge_{d}_R@1_recovery": float(row[f"{d}_R@1_recovery"]) for d in ("t2i", "i2t")})
+        out.update({f"bridge_{d}_compatible": float(row[f"{d}_bct"]) for d in ("t2i", "i2t")})
+        for key in ("image_agreement", "text_agreement", "image_residual_frac", "text_residual_frac"):
+            out[f"bridge_{key}"] = float(row[key])
+    out["bridge_fit_images"] = float(len(split.fit_images))
+    out["bridge_heldout_images"] = float(len(split.held_images))
     return out
 
 
@@ -388,10 +440,11 @@ def learning_curve(reference: dict, candidate: dict, text_to_image, sizes=CURVE_
     full = calibration_split(t2i, ref["image"].shape[0], fraction, seed)
     n_all = len(full.fit_images)
     wanted = sorted({n_all if s is None else int(s) for s in sizes if s is None or 0 < int(s) <= n_all})
+    old, new = held_out_recall(ref, full), held_out_recall(cand, full)  # the held-out items are the same for every size
     frames = []
     for n in wanted:
         ev = evaluate_bridge(ref, cand, t2i, split=full.prefix(n), methods=methods, directions=directions, ridge=ridge,
-                             default=("", ""), normalized=True)
+                             default=("", ""), normalized=True, old=old, new=new)
         rows = ev.table[ev.table["setting"].str.startswith("bridge")].copy()
         rows["note"] = ""
         for (method, direction), why in ev.skipped.items():
@@ -399,8 +452,7 @@ def learning_curve(reference: dict, candidate: dict, text_to_image, sizes=CURVE_
                                                    "direction": direction, "fit_images": n, "note": why}])], ignore_index=True)
         rows["calibration_images"] = n
         frames.append(rows)
-    cols = ["calibration_images", "method", "direction", "fit_texts", "t2i_R@1", "i2t_R@1", "t2i_R@1_recovery",
-            "i2t_R@1_recovery", "image_agreement", "text_agreement", "image_residual_frac", "text_residual_frac", "held_images", "note"]
+    cols = CURVE_COLUMNS
     if not frames:
         return pd.DataFrame(columns=cols)
     out = pd.concat(frames, ignore_index=True)

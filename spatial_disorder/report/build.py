@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..metrics.registry import section_metrics
 from . import figures as F
+from . import upgrade as U
 from .html import Section, kv_table, page, table_html
 from .metrics_json import dumps, metrics_document
 from .output import report_files, write_folder
@@ -27,6 +28,9 @@ SECTION_TITLES = {
     "topology": ("Topology", "How the angles between items change, beyond what one rotation of the whole space explains."),
     "neighbours": ("Neighbour drift", "How many of an item's nearest neighbours it keeps from one stage to another."),
     "intermodal": ("Inter-modal deviation", "Whether images and captions move together, which is what cross-modal alignment needs."),
+    "upgrade": ("Upgrade without re-indexing", "Whether the new model can keep the old vector index: new queries against the old "
+                "index with no map (cross) and with the old index carried over by a fitted d x d bridge, against full "
+                "re-embedding, on held-out items (docs/bridge.md)."),
 }
 
 # Shown under the headline table: why the two rotation figures differ, so neither seems to contradict the other.
@@ -103,6 +107,7 @@ def build_figures(analysis, ref=None, progress: bool = False) -> list:
                 F.overlap_heatmap(analysis, probe, n),
                 F.rotation_scatter(analysis, probe, ref, last, analysis.text_to_image.get(probe), n),
                 F.paired_angle_plot(analysis, probe, n),
+                U.recovery_curve(analysis, probe, n),
             ]
     return [f for f in out if f is not None]
 
@@ -176,7 +181,13 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
         metrics = [m for m in section_metrics(key) if m in names]
         shown.update(metrics)
         sec = Section(key, heading, intro, [(f, rendered[f.key]["png"]) for f in figs if f.section == key])
-        table = _section_table(analysis, metrics, ref, last)
+        if key == "upgrade":
+            for probe in probes:
+                bridge_table = U.upgrade_table(analysis, probe, ref, last)
+                if len(bridge_table):
+                    sec.tables.append((f"Held-out retrieval, stage {ref} → {last}{F._probe_label(probe, len(probes))}: "
+                                       + U.upgrade_reading(bridge_table), bridge_table))
+        table = _section_table(analysis, [m for m in metrics if not (key == "upgrade" and U.in_table(m))], ref, last)
         if len(table):
             sec.tables.append((f"Values, stage {ref} → {last}", table))
         sec.definitions = definitions(metrics) if metrics else None

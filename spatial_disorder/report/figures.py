@@ -13,7 +13,7 @@ import pandas as pd
 
 from .style import MODALITY_COLORS, SEQUENTIAL_CMAP, color_cycle, report_style
 
-SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal")
+SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal", "upgrade")
 MODALITIES = ("image", "text")
 
 

@@ -78,7 +78,7 @@ def _num(v) -> str:
         return str(v)
 
 
-CSV_TABLES = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories")
+CSV_TABLES = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories", "bridge_curve")
 
 
 def csv_tables(analysis) -> dict[str, pd.DataFrame]:
