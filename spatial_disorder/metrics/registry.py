@@ -152,5 +152,5 @@ def section_metrics(section: str) -> list[str]:
     return [m.name for f in FAMILIES.values() for m in f.metrics if m.section == section]
 
 
-from . import families as _families  # noqa: E402,F401  (registers the built-in families)
 from . import bridge_family as _bridge_family  # noqa: E402,F401  (upgrade without re-indexing)
+from . import families as _families  # noqa: E402,F401  (registers the built-in families)
