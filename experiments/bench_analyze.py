@@ -113,6 +113,12 @@ def _overlaps(res):
     return out
 
 
+def _cells(res, metrics=("procrustes_angle_deg", "rigid_share", "topology_change_mean_deg")):
+    """Summary values of the sampled-but-interval-free metrics, keyed "metric stage_a->stage_b/modality"."""
+    s = res.summary
+    return {f"{r.metric} {r.stage_a}->{r.stage_b}/{r.modality}": r.value for r in s[s.metric.isin(metrics)].itertuples()}
+
+
 def mode_analysis(run, k, fast):
     from spatial_disorder.analysis import analyze_run
 
@@ -120,7 +126,8 @@ def mode_analysis(run, k, fast):
     res = analyze_run(run, k=k, fast=fast, backend="faiss")
     recall = {f"{r.stage}/{r.probe}/{r.direction}_{r.metric}": r.value for r in res.retrieval.itertuples()}
     return {"seconds": time.perf_counter() - t, "cpu_seconds": cpu() - c, "timing": res.meta["timing_s"], "overlaps": _overlaps(res),
-            "queries": res.meta["knn_queries"], "recall": recall, "recall_ci": res.meta.get("retrieval_ci95", {})}
+            "queries": res.meta["knn_queries"], "recall": recall, "recall_ci": res.meta.get("retrieval_ci95", {}),
+            "cells": _cells(res), "fit_rows": res.meta.get("procrustes_rows", {})}
 
 
 def mode_e2e(run, fast):
@@ -297,6 +304,21 @@ def report(n, args, r) -> None:
         print(f"fast-mode 95% CI covers the exact R@K (sampled queries) in {sum(hits)}/{len(hits)} (stage, direction, K) cells")
         for key in list(ci)[:3]:
             print(f"  {key:<24} exact {exact_recall[key]:.2f}  fast {r['fast']['recall'][key]:.2f} [{ci[key][0]:.2f}, {ci[key][1]:.2f}]")
+        print_fast_cells(r["exact"]["cells"], r["fast"]["cells"], r["fast"]["fit_rows"])
+
+
+def print_fast_cells(exact: dict, fast: dict, fit_rows: dict) -> None:
+    """Fast mode against exact mode for the metrics sampled without an interval (Procrustes fit rows, topology items)."""
+    print(f"fast-mode values without an interval (Procrustes fit rows {fit_rows}):")
+    for metric in ("procrustes_angle_deg", "rigid_share", "topology_change_mean_deg"):
+        keys = [key for key in exact if key.startswith(metric + " ") and key in fast]
+        if not keys:
+            continue
+        diff = [abs(fast[key] - exact[key]) for key in keys]
+        rel = [d / abs(exact[key]) for d, key in zip(diff, keys) if exact[key]]
+        worst = keys[int(np.argmax(diff))]
+        print(f"  {metric:<26} {len(keys)} cells: largest |fast - exact| {max(diff):.4g} ({100 * max(rel, default=0):.2f}% of the"
+              f" exact value at most); {worst.split(' ', 1)[1]}: exact {exact[worst]:.4f}, fast {fast[worst]:.4f}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,10 @@ MODALITIES = ("image", "text")
 SUMMARY_COLUMNS = ["stage_a", "stage_b", "probe", "modality", "metric", "value"]
 SPECTRUM_COLUMNS = ["stage_a", "stage_b", "probe", "kind", "centred", "index", "angle_deg", "variance_share", "dim", "variance_held"]
 FAST_QUERIES = 1000
-FAST_ROWS = 20000
+# Fast mode fits the Procrustes rotations on this many seeded rows per probe set and modality (all rows when fewer):
+# ten rows per dimension at d = 512, and a quarter of the 25,000 captions of a COCO-test-sized probe set, so that
+# fast mode samples there too. experiments/bench_analyze.py prints the fast fit against the exact one.
+FAST_ROWS = 5000
 # The symmetric kNN search (half the products, plus transposes and two heap updates per block) is off by
 # default: on an idle 2-core machine, 12 searches of 100,000 x 512 took 566 s with it against 490 s with
 # faiss query-by-query (experiments/bench_analyze.py). Set an item count to use it from that size on.
@@ -315,7 +318,9 @@ class _Engine:
         self.stages, self.probes, self.t2i = list(stages), probes, t2i
         self.k, self.fast, self.seed, self.temperature = k, fast, seed, temperature
         self.backend: Backend = get_backend(backend)
-        self.fast_queries, self.fast_rows, self.topology_max_items = fast_queries, fast_rows, topology_max_items
+        self.fast_queries, self.fast_rows = fast_queries, fast_rows
+        # fast mode: topology from every pair among at most fast_queries seeded items (a quarter of the pairs at 2000)
+        self.topology_max_items = min(topology_max_items, fast_queries) if fast else topology_max_items
         self.rotation_floor = rotation_floor
         self.progress = progress
         self.id_tables = id_tables or {}
@@ -714,7 +719,8 @@ def analyze_run(
     ``pairs`` overrides the default stage pairs (every stage against ``ref`` plus consecutive stages).
     ``fast`` samples ``fast_queries`` query items per probe and modality (same rows at every stage) for
     the kNN and retrieval metrics and reports a 95% CI for the neighbour overlap; Procrustes fits use
-    ``fast_rows`` seeded rows. Topology change uses all pairs among at most ``topology_max_items`` items. ``learned_at`` maps a
+    ``fast_rows`` seeded rows. Topology change uses all pairs among at most ``topology_max_items`` items (in fast mode at
+    most ``fast_queries``); cross-stage cells and KL rows are sampled in both modes, fewer in fast mode. ``learned_at`` maps a
     probe to the stage (name or index) that trains its task, for backward transfer and Transfer; by
     default it is read from ``run.metadata["learned_at"]`` when present, else every probe is held out.
     """

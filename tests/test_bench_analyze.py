@@ -26,3 +26,6 @@ def test_bench_analyze_tiny(tmp_path):
     # n=400 is below the fast-mode sample sizes, so fast mode is exact here and its intervals must cover everything
     m = re.search(r"covers the exact neighbour overlap in (\d+)/(\d+)", out)
     assert m and m.group(1) == m.group(2) and int(m.group(2)) > 0, out
+    # ... and its Procrustes fits and topology use every row, so they equal the exact values
+    for metric in ("procrustes_angle_deg", "rigid_share", "topology_change_mean_deg"):
+        assert re.search(rf"^  {metric}\s+\d+ cells: largest \|fast - exact\| 0 ", out, re.M), out

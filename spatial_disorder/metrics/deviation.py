@@ -35,7 +35,7 @@ def paired_angles(image, text, text_to_image, normalized: bool = False, block: i
 def centroid(x: np.ndarray, block: int = 65536) -> np.ndarray:
     total = np.zeros(x.shape[1])
     for s in range(0, x.shape[0], block):
-        total += np.asarray(x[s : s + block], dtype=np.float64).sum(axis=0)
+        total += np.asarray(x[s : s + block]).sum(axis=0, dtype=np.float64)  # float64 sums without a float64 copy
     return total / x.shape[0]
 
 

@@ -28,10 +28,33 @@ class ReportFigure:
     reading: str
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, margins: dict | None = None):
+    """A figure of ``width`` x ``height`` inches.
+
+    With ``margins`` (inches: left, right, bottom, top, and optionally wspace as a fraction of a panel's width) the
+    panels sit in a fixed frame and the figure has no layout engine, so saving it draws it once; without, constrained
+    layout places everything, at the cost of a second draw per save (about a third of a report's drawing time).
+    """
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    if margins is None:
+        return Figure(figsize=(width, height), layout="constrained")
+    m = {"left": 0.8, "right": 0.2, "bottom": 0.6, "top": 0.4, **margins}
+    fig = Figure(figsize=(width, height), layout=None)
+    fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width, bottom=m["bottom"] / height, top=1 - m["top"] / height,
+                        wspace=m.get("wspace"))
+    return fig
+
+
+def text_inches(labels, size: float = 10.0) -> float:
+    """Rough width in inches of the longest of ``labels`` at ``size`` points (DejaVu Sans: about 0.6 em a character),
+    used to leave room for tick labels and legends in the fixed layouts."""
+    return max((len(str(x)) for x in labels), default=0) * size * 0.6 / 72
+
+
+def legend_inches(labels, title: str = "", size: float = 9.0) -> float:
+    """Width of a one-column legend beside the axes: its longest entry (or title) plus the marker and padding."""
+    return text_inches([*labels, title], size) + 4.0 * size / 72 + 0.1
 
 
 def stage_order(analysis) -> list[str]:
@@ -65,6 +88,11 @@ def pair_matrix(summary: pd.DataFrame, metric: str, probe: str, modality: str, s
     return mat
 
 
+def distinct(column: pd.Series) -> set[str]:
+    """The distinct values of a column, as strings (one pass over its unique values, not over every row)."""
+    return {str(v) for v in column.unique()}
+
+
 def _fmt(v: float, digits: int = 1) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -80,10 +108,12 @@ def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> Re
     if col not in items.columns or not len(items):
         return None
     sel = items[(items["probe"].astype(str) == probe) & (items["stage_a"].astype(str) == ref)]
-    later = [s for s in stages if s != ref and s in set(sel["stage_b"].astype(str))]
+    present = distinct(sel["stage_b"])
+    later = [s for s in stages if s != ref and s in present]
     if not later:
         return None
-    fig = _figure(11.5, 3.6)
+    labels = [f"{ref} → {stage}" for stage in later]
+    fig = _figure(11.5, 3.6, {"left": 0.75, "right": legend_inches(labels, "stage pair") + 0.1, "bottom": 0.55, "top": 0.35, "wspace": 0.05})
     axes = fig.subplots(1, 2, sharey=True)
     cmap = _cmap(len(later))
     vals_all = sel[col].to_numpy(dtype=float)
@@ -133,7 +163,13 @@ def stage_heatmaps(
         return None
     n = len(stages)
     side = min(max(3.2, 0.55 * n + 1.8), 7.0)
-    fig = _figure(side * len(mats) + 0.8, side)
+    rotate = n > 4
+    tick_w = text_inches(stages)
+    width = side * len(mats) + 0.8
+    left, right = tick_w + 0.5, 0.2
+    panel = (width - left - right) / len(mats)
+    fig = _figure(width, side, {"left": left, "right": right, "bottom": (0.72 * tick_w if rotate else 0.2) + 0.5, "top": 0.35,
+                                "wspace": (tick_w + 0.75) / panel})
     axes = np.atleast_1d(fig.subplots(1, len(mats)))
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
     vmin, vmax = float(finite.min()), float(finite.max())
@@ -145,7 +181,7 @@ def stage_heatmaps(
         image = ax.imshow(masked, cmap=SEQUENTIAL_CMAP, vmin=vmin, vmax=vmax, origin="upper")
         ax.set_facecolor("#dddddd")
         ax.grid(False)
-        ax.set_xticks(range(n), stages, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+        ax.set_xticks(range(n), stages, rotation=45 if rotate else 0, ha="right" if rotate else "center")
         ax.set_yticks(range(n), stages)
         ax.set_title(label)
         ax.set_xlabel("stage")
@@ -275,9 +311,11 @@ def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> Rep
     kinds = [k for k in ("image", "text", "image_vs_text") if k in set(sel["kind"])]
     if not kinds:
         return None
-    stages = [s for s in stage_order(analysis) if s in set(sel["stage_b"].astype(str))]
+    present = distinct(sel["stage_b"])
+    stages = [s for s in stage_order(analysis) if s in present]
     cmap = _cmap(len(stages))
-    fig = _figure(3.6 * len(kinds) + 1.8, 3.6)
+    legend_w = legend_inches([f"{ref} → {stage}" for stage in stages], "stage pair")
+    fig = _figure(3.6 * len(kinds) + 1.8, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "wspace": 0.08})
     axes = np.atleast_1d(fig.subplots(1, len(kinds), sharey=True))
     labels = {"image": "image: stage a vs stage b", "text": "text: stage a vs stage b", "image_vs_text": "image rotation vs text rotation"}
     for ax, kind in zip(axes, kinds):
@@ -329,7 +367,7 @@ def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportF
     sel = s[(s["metric"] == "topology_change_mean_deg") & (s["probe"].astype(str) == probe)]
     if not len(sel):
         return None
-    fig = _figure(7.5, 3.6)
+    fig = _figure(7.5, 3.6, {"left": 0.75, "bottom": 0.55, "top": 0.15})
     ax = fig.subplots()
     x = np.arange(len(stages))
     for mod in MODALITIES:
@@ -367,7 +405,7 @@ def rotation_scatter(analysis, probe: str, ref: str, last: str, text_to_image: n
     if len(t2i) != len(txt) or t2i.max() >= len(img):
         return None
     x, y = img[t2i], txt
-    fig = _figure(5.4, 5.0)
+    fig = _figure(5.4, 5.0, {"left": 0.75, "bottom": 0.55, "top": 0.15})
     ax = fig.subplots()
     alpha = float(np.clip(3000.0 / max(len(x), 1) * 0.1, 0.08, 0.7))
     ax.scatter(x, y, s=8, alpha=alpha, color=MODALITY_COLORS["cross"], edgecolors="none", rasterized=len(x) > 2000)
@@ -394,7 +432,7 @@ def _per_stage_rows(analysis, table: str, probe: str):
     if frame is None or not len(frame):
         return None, []
     sel = frame[frame["probe"].astype(str) == probe]
-    present = set(sel["stage"].astype(str))
+    present = distinct(sel["stage"])
     return sel, [s for s in stage_order(analysis) if s in present]
 
 
@@ -404,7 +442,7 @@ def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure |
         return None
     q = np.array([np.nanpercentile(sel.loc[sel["stage"].astype(str) == s, "paired_angle_deg"].to_numpy(float), [10, 25, 50, 75, 90]) for s in stages])
     x = np.arange(len(stages))
-    fig = _figure(7.5, 3.6)
+    fig = _figure(7.5, 3.6, {"left": 0.75, "bottom": 0.55, "top": 0.15})
     ax = fig.subplots()
     color = MODALITY_COLORS["cross"]
     ax.fill_between(x, q[:, 0], q[:, 4], color=color, alpha=0.15, label="10-90th percentile")
@@ -412,7 +450,7 @@ def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure |
     ax.plot(x, q[:, 2], marker="o", color=color, label="median")
     ax.set_xticks(x, stages)
     ax.set_xlabel("stage")
-    ax.set_ylabel("angle between image and its caption (degrees)")
+    ax.set_ylabel("image-caption angle (degrees)")
     ax.legend()
     delta = q[-1, 2] - q[0, 2]
     reading = (
@@ -427,7 +465,8 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     sel, stages = _per_stage_rows(analysis, "retrieval", probe)
     if not stages:
         return None
-    fig = _figure(10, 3.6)
+    legend_w = legend_inches(["R@10"])
+    fig = _figure(10, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "wspace": 0.05})
     axes = fig.subplots(1, 2, sharey=True)
     x = np.arange(len(stages))
     names = {"i2t": "image → text", "t2i": "text → image"}
@@ -440,7 +479,8 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
         ax.set_xlabel("stage")
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("recall (%)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")  # beside the panels, never over a curve
+    # beside the panels, never over a curve
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1.0, 1 - 0.35 / 3.6))
     a0, a1 = _retrieval_value(sel, stages[0], "i2t", "R@1"), _retrieval_value(sel, stages[-1], "i2t", "R@1")
     b0, b1 = _retrieval_value(sel, stages[0], "t2i", "R@1"), _retrieval_value(sel, stages[-1], "t2i", "R@1")
     reading = (
@@ -466,7 +506,10 @@ def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
         pairs = [(ref, b) for b in stages[1:] if np.isfinite(summary_value(s, "flips_i2t_lost", probe, "cross", ref, b))]
     if not pairs:
         return None
-    fig = _figure(max(7.5, 1.3 * len(pairs) + 2.5), 4.0)
+    rotate = len(pairs) > 4
+    pair_labels = [f"{a} → {b}" for a, b in pairs]
+    fig = _figure(max(7.5, 1.3 * len(pairs) + 2.5), 4.0,
+                  {"left": 1.0, "bottom": (0.5 * text_inches(pair_labels) if rotate else 0.2) + 0.5, "top": 0.45})
     ax = fig.subplots()
     x = np.arange(len(pairs))
     width = 0.38
@@ -483,10 +526,10 @@ def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     ax.axhline(0, color="black", linewidth=0.8)
     span = max(0.01, float(np.nanmax(np.abs(ax.get_ylim())))) if np.isfinite(ax.get_ylim()).all() else 0.01
     ax.set_ylim(-span, span)  # symmetric, and at least +-0.01 so "no flips" does not look like noise
-    ax.set_xticks(x, [f"{a} → {b}" for a, b in pairs], rotation=30 if len(pairs) > 4 else 0, ha="right" if len(pairs) > 4 else "center")
+    ax.set_xticks(x, pair_labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
     ax.set_ylabel("share of items whose top-1 hit flipped\n(gained up, lost down)")
     ax.set_xlabel("stage pair")
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=4, fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 1.0), ncols=4, fontsize=8)
     gi, li = totals["i2t"]
     gt, lt = totals["t2i"]
     a, b = pairs[-1]
@@ -507,11 +550,15 @@ def trajectories(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None
     """
     tr = analysis.trajectories
     sel = tr[tr["probe"].astype(str) == probe] if len(tr) else tr
-    stages = [s for s in stage_order(analysis) if s in set(sel["stage"].astype(str))] if len(sel) else []
+    present = distinct(sel["stage"]) if len(sel) else set()
+    stages = [s for s in stage_order(analysis) if s in present]
     mods = [m for m in MODALITIES if (sel["modality"] == m).any()] if len(sel) else []
     if not mods or len(stages) < 2:
         return None
-    fig = _figure(5.0 * len(mods) + 0.5, 4.8)
+    width = 5.0 * len(mods) + 0.5
+    right = legend_inches(distinct(sel["label"]), "item", 8.0) + 0.1
+    panel = (width - 0.8 - right) / len(mods)
+    fig = _figure(width, 4.8, {"left": 0.8, "right": right, "bottom": 0.55, "top": 0.35, "wspace": 1.0 / panel})
     axes = np.atleast_1d(fig.subplots(1, len(mods)))
     spans = []
     for ax, mod in zip(axes, mods):

@@ -21,6 +21,8 @@ SEQUENTIAL_CMAP = "viridis"  # perceptually uniform and readable in grey scale
 
 RC = {
     "figure.dpi": 100,
+    "figure.autolayout": False,  # report figures set their own margins (figures.py): no layout engine, one draw per save
+    "figure.constrained_layout.use": False,
     "savefig.dpi": 110,
     "font.size": 10,
     "axes.titlesize": 11,
