@@ -37,10 +37,11 @@ SECTION_TITLES = {
 ROTATION_NOTE = (
     "<p class='note'>Two rotation figures answer two questions. <code>rotation_mean_deg</code> is how far the items moved, "
     "on average. <code>procrustes_angle_deg</code> is how far the best rigid rotation turns its planes, fitted where the "
-    "data live (the directions holding all but a sliver of the variance; the rotation section gives the dimension and "
-    "each plane's share). Items turn by less than the planes when only part of each item lies in the turned planes, and "
-    "move more than the rotation explains when the cloud also changes shape: <code>rigid_share</code> is the share of the "
-    "movement the rotation explains (1: one d x d matrix undoes it; 0: a change of shape).</p>"
+    "data live (the rotation section gives the dimension and each plane's share of the variance); it adds the planes' "
+    "angles in quadrature, so many planes turned a little, or one thin plane turned a lot, can read larger than any item "
+    "moved. <code>rigid_share</code> says how much of the items' movement that rotation explains: near 1, one d x d "
+    "matrix undoes the change and the rotation figures describe it; near 0, the cloud changed shape and the best rotation "
+    "is only the closest fit to a non-rigid change.</p>"
 )
 
 
