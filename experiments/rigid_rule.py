@@ -124,7 +124,7 @@ def real(runs) -> pd.DataFrame:
         for probe in run.probes:
             x = {(s, m): as_unit_rows(run.embeddings(s, probe, m), f"{path} {s} {probe} {m}") for s in (a, b) for m in ("image", "text")}
             for row in compare_rules(x[(a, "image")], x[(b, "image")], x[(a, "text")], x[(b, "text")]):
-                out.append({"case": f"{Path(path).name} {probe} {a}->{b}", **row})
+                out.append({"case": f"{Path(path).parent.name}/{Path(path).name} {probe} {a}->{b}", **row})
     return pd.DataFrame(out)
 
 
