@@ -104,9 +104,6 @@ class RunAnalysis:
     - ``meta``: settings and bookkeeping: backend, k, fast, seed, stages, pairs, probes, ref, timing_s, ...
     - ``probes``: probe tables (captions, image ids) by probe name, for labels; empty for ``analyze_arrays``.
     - ``text_to_image``: each caption's image row, by probe name.
-    - ``meta``: settings and bookkeeping: backend, k, fast, seed, stages, pairs, probes, ref, timing_s, ...
-    - ``probes``: probe tables (captions, image ids) by probe name, for labels; empty for ``analyze_arrays``.
-    - ``text_to_image``: each caption's image row, by probe name.
     """
 
     summary: pd.DataFrame

@@ -31,7 +31,7 @@ class ReportFigure:
 def _figure(width: float, height: float, margins: dict | None = None):
     """A figure of ``width`` x ``height`` inches.
 
-    With ``margins`` (inches: left, right, bottom, top, and optionally wspace as a fraction of a panel's width) the
+    With ``margins`` (inches: left, right, bottom, top, and ``gap`` between ``panels`` side-by-side panels) the
     panels sit in a fixed frame and the figure has no layout engine, so saving it draws it once; without, constrained
     layout places everything, at the cost of a second draw per save (about a third of a report's drawing time).
     """
@@ -41,8 +41,10 @@ def _figure(width: float, height: float, margins: dict | None = None):
         return Figure(figsize=(width, height), layout="constrained")
     m = {"left": 0.8, "right": 0.2, "bottom": 0.6, "top": 0.4, **margins}
     fig = Figure(figsize=(width, height), layout=None)
+    n, gap = m.get("panels", 1), m.get("gap", 0.0)
+    panel = (width - m["left"] - m["right"] - gap * (n - 1)) / n  # matplotlib's wspace is a fraction of a panel's width
     fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width, bottom=m["bottom"] / height, top=1 - m["top"] / height,
-                        wspace=m.get("wspace"))
+                        wspace=gap / panel if n > 1 else None)
     return fig
 
 
@@ -113,7 +115,8 @@ def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> Re
     if not later:
         return None
     labels = [f"{ref} → {stage}" for stage in later]
-    fig = _figure(11.5, 3.6, {"left": 0.75, "right": legend_inches(labels, "stage pair") + 0.1, "bottom": 0.55, "top": 0.35, "wspace": 0.05})
+    fig = _figure(11.5, 3.6, {"left": 0.75, "right": legend_inches(labels, "stage pair") + 0.1, "bottom": 0.55, "top": 0.35, "gap": 0.3,
+                               "panels": 2})
     axes = fig.subplots(1, 2, sharey=True)
     cmap = _cmap(len(later))
     vals_all = sel[col].to_numpy(dtype=float)
@@ -165,11 +168,12 @@ def stage_heatmaps(
     side = min(max(3.2, 0.55 * n + 1.8), 7.0)
     rotate = n > 4
     tick_w = text_inches(stages)
-    width = side * len(mats) + 0.8
-    left, right = tick_w + 0.5, 0.2
-    panel = (width - left - right) / len(mats)
-    fig = _figure(width, side, {"left": left, "right": right, "bottom": (0.72 * tick_w if rotate else 0.2) + 0.5, "top": 0.35,
-                                "wspace": (tick_w + 0.75) / panel})
+    # panels of (side - 1) inches; the frame grows with the stage names (tick labels left of and below each panel)
+    # and the colour bar, which takes a fifth of the panels' width (gap included) and puts its labels in the right margin
+    square, gap = side - 1.0, tick_w + 0.9
+    left, right, bottom, top = tick_w + 0.5, 0.9, (0.72 * tick_w if rotate else 0.2) + 0.5, 0.35
+    fig = _figure(left + right + len(mats) * square + (len(mats) - 1) * gap, square + bottom + top,
+                  {"left": left, "right": right, "bottom": bottom, "top": top, "gap": gap, "panels": len(mats)})
     axes = np.atleast_1d(fig.subplots(1, len(mats)))
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
     vmin, vmax = float(finite.min()), float(finite.max())
@@ -315,7 +319,8 @@ def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> Rep
     stages = [s for s in stage_order(analysis) if s in present]
     cmap = _cmap(len(stages))
     legend_w = legend_inches([f"{ref} → {stage}" for stage in stages], "stage pair")
-    fig = _figure(3.6 * len(kinds) + 1.8, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "wspace": 0.08})
+    fig = _figure(3.6 * len(kinds) + 1.8, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "gap": 0.3,
+                                                    "panels": len(kinds)})
     axes = np.atleast_1d(fig.subplots(1, len(kinds), sharey=True))
     labels = {"image": "image: stage a vs stage b", "text": "text: stage a vs stage b", "image_vs_text": "image rotation vs text rotation"}
     for ax, kind in zip(axes, kinds):
@@ -466,7 +471,7 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     if not stages:
         return None
     legend_w = legend_inches(["R@10"])
-    fig = _figure(10, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "wspace": 0.05})
+    fig = _figure(10, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "gap": 0.3, "panels": 2})
     axes = fig.subplots(1, 2, sharey=True)
     x = np.arange(len(stages))
     names = {"i2t": "image → text", "t2i": "text → image"}
@@ -508,8 +513,10 @@ def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
         return None
     rotate = len(pairs) > 4
     pair_labels = [f"{a} → {b}" for a, b in pairs]
-    fig = _figure(max(7.5, 1.3 * len(pairs) + 2.5), 4.0,
-                  {"left": 1.0, "bottom": (0.5 * text_inches(pair_labels) if rotate else 0.2) + 0.5, "top": 0.45})
+    label_w = text_inches(pair_labels)
+    bottom = (0.5 * label_w if rotate else 0.2) + 0.5  # labels turned by 30 degrees reach down half their length
+    left = max(1.0, 0.87 * label_w - 0.5) if rotate else 1.0  # ... and left of the first bar by 0.87 of it
+    fig = _figure(max(7.5, 1.3 * len(pairs) + 2.5), 3.3 + bottom, {"left": left, "bottom": bottom, "top": 0.45})
     ax = fig.subplots()
     x = np.arange(len(pairs))
     width = 0.38
@@ -557,8 +564,7 @@ def trajectories(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None
         return None
     width = 5.0 * len(mods) + 0.5
     right = legend_inches(distinct(sel["label"]), "item", 8.0) + 0.1
-    panel = (width - 0.8 - right) / len(mods)
-    fig = _figure(width, 4.8, {"left": 0.8, "right": right, "bottom": 0.55, "top": 0.35, "wspace": 1.0 / panel})
+    fig = _figure(width, 4.8, {"left": 0.8, "right": right, "bottom": 0.55, "top": 0.35, "gap": 1.0, "panels": len(mods)})
     axes = np.atleast_1d(fig.subplots(1, len(mods)))
     spans = []
     for ax, mod in zip(axes, mods):
