@@ -244,6 +244,19 @@ def _cmd_bridge(args) -> int:
     return 0
 
 
+def _add_comparison_inputs(p, verb: str) -> None:
+    """The three input forms shared by ``check`` and ``bridge``: two stages of a run, two runs, or bare arrays."""
+    p.add_argument("run", nargs="?", help=f"a run: {verb} its stages --ref and --candidate")
+    p.add_argument("--ref", default="0", help="reference (old) stage of RUN (default 0)")
+    p.add_argument("--candidate", help="candidate (new) stage of RUN (default -1), or the candidate run with --reference")
+    p.add_argument("--reference", metavar="RUN_A", help="reference run (the same --stage of two runs)")
+    p.add_argument("--stage", default="-1", help="stage compared between two runs (default -1, the last)")
+    for side in ("ref", "cand"):
+        for mod in ("image", "text"):
+            p.add_argument(f"--{side}-{mod}", metavar="NPY", help=f"{'reference' if side == 'ref' else 'candidate'} {mod} embeddings (.npy)")
+    p.add_argument("--text-to-image", metavar="NPY", help="image row of every caption (.npy of ints; default: caption j <-> image j)")
+
+
 def _add_analysis_options(p: argparse.ArgumentParser, ref: bool = True, report: bool = False) -> None:
     """The analysis options, declared once for analyze, compare and check (``report``: the report's own options)."""
     if ref:
@@ -274,15 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("check", help="CI gate: compare a candidate against a reference under thresholds")
-    p.add_argument("run", nargs="?", help="a run: compare its stages --ref and --candidate")
-    p.add_argument("--ref", default="0", help="reference stage of RUN (default 0)")
-    p.add_argument("--candidate", help="candidate stage of RUN (default -1), or the candidate run with --reference")
-    p.add_argument("--reference", metavar="RUN_A", help="reference run (compare the same --stage of two runs)")
-    p.add_argument("--stage", default="-1", help="stage compared between two runs (default -1, the last)")
-    for side in ("ref", "cand"):
-        for mod in ("image", "text"):
-            p.add_argument(f"--{side}-{mod}", metavar="NPY", help=f"{'reference' if side == 'ref' else 'candidate'} {mod} embeddings (.npy)")
-    p.add_argument("--text-to-image", metavar="NPY", help="image row of every caption (.npy of ints; default: caption j <-> image j)")
+    _add_comparison_inputs(p, "compare")
     p.add_argument("--thresholds", metavar="TOML", help="thresholds file (see docs/gate.md)")
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     _add_analysis_options(p, ref=False)
@@ -295,15 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("bridge", help="fit a map from the reference to the candidate space and score it against re-embedding")
-    p.add_argument("run", nargs="?", help="a run: bridge its stages --ref and --candidate")
-    p.add_argument("--ref", default="0", help="reference (old) stage of RUN (default 0)")
-    p.add_argument("--candidate", help="candidate (new) stage of RUN (default -1), or the candidate run with --reference")
-    p.add_argument("--reference", metavar="RUN_A", help="reference run (the same --stage of two runs)")
-    p.add_argument("--stage", default="-1", help="stage compared between two runs (default -1, the last)")
-    for side in ("ref", "cand"):
-        for mod in ("image", "text"):
-            p.add_argument(f"--{side}-{mod}", metavar="NPY", help=f"{'reference' if side == 'ref' else 'candidate'} {mod} embeddings (.npy)")
-    p.add_argument("--text-to-image", metavar="NPY", help="image row of every caption (.npy of ints; default: caption j <-> image j)")
+    _add_comparison_inputs(p, "bridge")
     p.add_argument("--probe", action="append", default=[], metavar="NAME", help="probe set (repeatable; default all)")
     p.add_argument("--method", default="all", choices=("orthogonal", "ridge", "all"), help="map to fit (default all)")
     p.add_argument("--direction", default="all", choices=("index", "query", "all"),
