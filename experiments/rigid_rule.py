@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from spatial_disorder import open_run
+from spatial_disorder.atomic import atomic_write_bytes
 from spatial_disorder.knn import as_unit_rows
 from spatial_disorder.metrics.procrustes import (
     cross_products,
@@ -36,7 +37,6 @@ from spatial_disorder.metrics.procrustes import (
     small_linalg,
 )
 from spatial_disorder.metrics.rotation import rotation_angles
-from spatial_disorder.atomic import atomic_write_bytes
 from spatial_disorder.synthetic import clip_like_cloud, plane_rotation
 
 ROOT = Path(__file__).resolve().parents[1]
