@@ -148,7 +148,8 @@ def plane_spectrum(r: np.ndarray, moment: np.ndarray | None = None) -> tuple[np.
     every = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
     order = np.argsort(every, kind="stable")[::-1]
     planes = every[order][::2].copy()
-    geo, mx = float(np.sqrt(np.sum(every**2) / 2.0)), float(every.max()) if len(every) else 0.0
+    geo = float(np.sqrt(np.sum(every**2) / 2.0))
+    mx = float(every.max()) if len(every) else 0.0
     if vec is None:
         return planes, geo, mx, None
     total = float(np.trace(moment))
