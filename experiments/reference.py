@@ -518,7 +518,7 @@ def write_outputs(rows: pd.DataFrame, curves: pd.DataFrame, args) -> None:
     atomic_write_bytes(res_dir / f"{args.name}.md", text.encode("utf-8"))
     say(f"wrote {res_dir / (args.name + '.csv')} and {res_dir / (args.name + '.md')}")
     if not args.no_figures:
-        from experiments.reference_figures import fig_disorder, fig_retrieval, fig_tradeoff
+        from experiments.reference_figures import fig_disorder, fig_retrieval, fig_rigid, fig_tradeoff
 
         args.figures_dir.mkdir(parents=True, exist_ok=True)
         prefix = args.figures_dir / args.name
@@ -526,6 +526,8 @@ def write_outputs(rows: pd.DataFrame, curves: pd.DataFrame, args) -> None:
         fig_retrieval(curves, Path(f"{prefix}_retrieval.png"), n_seeds)
         fig_disorder(rows, Path(f"{prefix}_disorder.png"), n_seeds)
         fig_tradeoff(rows, Path(f"{prefix}_tradeoff.png"))
+        if rows[["rigid_share_image", "rigid_share_text"]].notna().all().all():
+            fig_rigid(rows, Path(f"{prefix}_rigid.png"), n_seeds)
         say(f"wrote figures {prefix}_*.png")
     print(text)
 

@@ -112,6 +112,29 @@ def fig_disorder(rows: pd.DataFrame, path: Path, n_seeds: int) -> None:
     plt.close(fig)
 
 
+def fig_rigid(rows: pd.DataFrame, path: Path, n_seeds: int) -> None:
+    """How much of the old items' movement is a rotation: the rigid share, and the movement before and after the
+    best rotation (fitted in the principal subspace; docs/metrics.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _style(plt)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1, 2]})
+    _bars(axes[0], rows, ["rigid_share_image", "rigid_share_text"], ["image", "text"],
+          "share of the movement the rotation explains (0-1)", "Rigid share")
+    axes[0].set_ylim(0, 1)
+    _bars(axes[1], rows, ["rotation_image_deg", "rigid_residual_image_deg", "rotation_text_deg", "rigid_residual_text_deg"],
+          ["image: moved", "image: left after\nthe best rotation", "text: moved", "text: left after\nthe best rotation"],
+          "mean angle per item (degrees)", "Movement before and after the best rotation")
+    axes[0].legend(loc="upper right", frameon=False, fontsize=9)
+    fig.suptitle(f"Old-domain probe, stage 0 → last stage; bars: mean over {_seeds(n_seeds)}, dots: seeds", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def fig_tradeoff(rows: pd.DataFrame, path: Path) -> None:
     """Final old-domain vs new-domain R@1 (mean of both directions), one point per run."""
     import matplotlib
