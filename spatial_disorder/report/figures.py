@@ -172,7 +172,7 @@ def stage_heatmaps(
     # and the colour bar, which takes a fifth of the panels' width (gap included) and puts its labels in the right margin
     square, gap = side - 1.0, tick_w + 0.9
     left, right, bottom, top = tick_w + 0.5, 0.9, (0.72 * tick_w if rotate else 0.2) + 0.5, 0.35
-    fig = _figure(left + right + len(mats) * square + (len(mats) - 1) * gap, square + bottom + top,
+    fig = _figure(left + right + len(mats) * square + (len(mats) - 1) * gap, 0.82 * square + bottom + top,
                   {"left": left, "right": right, "bottom": bottom, "top": top, "gap": gap, "panels": len(mats)})
     axes = np.atleast_1d(fig.subplots(1, len(mats)))
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
