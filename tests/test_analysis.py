@@ -14,8 +14,11 @@ from spatial_disorder.synthetic import make_synthetic_run, planted_rotation
 
 CROSS = [name for name, info in METRICS.items() if info.kind == "cross"]
 # cross metrics that depend on the two stages only through image-text relations (not on each modality's own drift;
-# cross-stage retrieval pairs images of one stage with captions of the other, so it sees that drift)
-RELATIONAL = [m for m in CROSS if m != "rotation_mismatch_mean_deg" and METRICS[m].family != "cross_stage"]
+# cross-stage retrieval pairs images of one stage with captions of the other, and the bridge's unmapped cross-model
+# retrieval and residual share compare the two stages' vectors directly, so they see that drift; the bridged
+# scores do not: the fitted orthogonal map absorbs a rotation of stage b)
+RELATIONAL = [m for m in CROSS if m != "rotation_mismatch_mean_deg" and METRICS[m].family != "cross_stage"
+              and not (METRICS[m].family == "bridge" and (m.startswith("cross_") or m.endswith("_residual_frac")))]
 
 
 def unit(x):
