@@ -89,8 +89,11 @@ def test_resumed_log_holds_each_step_once(emoji_csv, tmp_path):
 
 def test_ctrl_c_ends_with_one_line_and_exit_130(emoji_csv, tmp_path):
     _write_config(tmp_path, emoji_csv, stage0={**SHORT["stage0"], "epochs": 500}, train={"checkpoint_every": 2})
+    # A job started in the background of a non-interactive shell (as CI runners may start the suite) inherits SIGINT
+    # as ignored, and Python then never raises KeyboardInterrupt: give the child the terminal's default, as a user has.
     proc = subprocess.Popen([_tool("modx-train"), "--config", "c.yaml", "--no-progress"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "run" / "train_log.jsonl"
     deadline = time.monotonic() + 300  # a guard against a hang, not a measurement
     while proc.poll() is None and time.monotonic() < deadline:
