@@ -114,7 +114,8 @@ def test_reference_end_to_end_tiny(tmp_path):
     md = (tmp_path / "results" / "reference.md").read_text()
     assert "| old-domain R@1 i2t (last) | % |" in md
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
-        "reference_disorder.png", "reference_retrieval.png", "reference_tradeoff.png"]
+        "reference_disorder.png", "reference_retrieval.png", "reference_rigid.png", "reference_tradeoff.png"]
+    assert ((rows[["rigid_share_image", "rigid_share_text"]] <= 1.0).all()).all()
     # the joint run's first phase holds the old-domain images too
     from spatial_disorder import open_run
 
