@@ -210,6 +210,17 @@ def pair_moments(p: CrossProducts, gram_b: Gram, centred: bool) -> tuple[np.ndar
     return g, c, nd, (g + gb) / (2.0 * n)
 
 
+def subspace_spectrum(rr: np.ndarray, moment: np.ndarray, basis: np.ndarray):
+    """``plane_spectrum`` of a rotation ``rr`` acting inside ``basis``, each plane's variance share taken relative to the
+    whole of ``moment`` (all d directions), not to the subspace's part of it."""
+    inside = basis.T @ moment @ basis
+    planes, geo, mx, shares = plane_spectrum(rr, inside)
+    total = float(np.trace(moment))
+    if total > 0:
+        shares = shares * float(np.trace(inside)) / total
+    return planes, geo, mx, shares
+
+
 def fit_in_subspace(g, c, nd, moment, basis, held, centred: bool) -> ProcrustesResult:
     """The proper rotation inside ``basis`` that best maps A onto B, its spectrum and residual (see ProcrustesResult)."""
     d, r = basis.shape
@@ -219,10 +230,7 @@ def fit_in_subspace(g, c, nd, moment, basis, held, centred: bool) -> ProcrustesR
     residual = float(np.sum(f * (gr @ f)) - 2.0 * np.sum(f * cr) + nd)
     scale = float(np.trace(g))
     frac = 0.0 if nd <= 1e-12 * max(1.0, scale) else min(1.0, max(0.0, residual) / nd)
-    planes, geo, mx, shares = plane_spectrum(rr, basis.T @ moment @ basis)
-    total = float(np.trace(moment))
-    if total > 0:  # shares relative to the whole variance, not to the subspace's
-        shares = shares * float(np.trace(basis.T @ moment @ basis)) / total
+    planes, geo, mx, shares = subspace_spectrum(rr, moment, basis)
     full = np.eye(d) + basis @ f @ basis.T
     return ProcrustesResult(full, planes, geo, mx, frac, centred, shares, r, held, basis, rr)
 
@@ -258,10 +266,7 @@ def joint_rotations(image: tuple[CrossProducts, Gram], text: tuple[CrossProducts
         moment = (parts[0][3] + parts[1][3]) / 2.0
         basis, held = principal_basis(moment, floor)
         fi, ft = (fit_in_subspace(g, c, nd, moment, basis, held, False) for g, c, nd, _ in parts)
-        planes, geo, mx, shares = plane_spectrum(fi.rotation.T @ ft.rotation, basis.T @ moment @ basis)
-        total = float(np.trace(moment))
-        if total > 0:
-            shares = shares * float(np.trace(basis.T @ moment @ basis)) / total
+        planes, geo, mx, shares = subspace_spectrum(fi.rotation.T @ ft.rotation, moment, basis)
     return JointRotations(fi, ft, planes, shares, geo, mx, basis.shape[1], held)
 
 
