@@ -6,8 +6,11 @@ checkpoint is removed (it would only block the corrected rerun); a run with a ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +120,11 @@ class RunStore:
         if not self.dist.is_main:
             self.dist.barrier()
             return
+        with deferred_interrupt():
+            self._save(k, pos, model, optimizer, stage_end)
+        self.dist.barrier()
+
+    def _save(self, k: int, pos: Position, model, optimizer, stage_end: bool) -> None:
         state_dict = model.state_dict()
         position = {key: getattr(pos, key) for key in Position.__dataclass_fields__}
         state = {
@@ -131,7 +139,6 @@ class RunStore:
                                    self.ckpt_dir / f"stage{k}.pt")
         checkpoint.save_atomic(state, self.ckpt_dir / "last.pt")
         self.log({"event": "checkpoint", "stage": k, "step": pos.step, "stage_end": stage_end})
-        self.dist.barrier()
 
     # --- failures -------------------------------------------------------------------------------
     def resumable(self) -> bool:
@@ -184,3 +191,20 @@ def trim_log(path: Path, pos: Position) -> None:
             if i + 1 < len(lines):
                 atomic_write_bytes(path, "".join(lines[: i + 1]).encode("utf-8"))
             return
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold a Ctrl-C that arrives while a checkpoint is written and raise it once the write is complete: an interrupt
+    inside torch's serialiser surfaces as another error (a traceback, exit 1) instead of the one-line resume advice."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

@@ -103,7 +103,7 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(emoji_csv, tmp_path):
     assert proc.poll() is None, "training ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
     assert stderr.startswith("interrupted: the last checkpoint (stage0 step ") and "--resume" in stderr
     assert str(Path("run") / "checkpoints" / "last.pt") in stderr
@@ -173,3 +173,22 @@ def test_bad_stage_names_are_refused_not_rewritten(trained, tmp_path, names):
                       "--model", "modx-tiny-vit-32", "--stage-names", *names)
     assert out.returncode == 2 and out.stderr.startswith("error: --stage-names: ") and out.stderr.count("\n") == 1
     assert not (tmp_path / "emb").exists()
+
+
+def test_an_interrupt_during_a_checkpoint_write_waits_for_the_write():
+    import os
+
+    from modx.store import deferred_interrupt
+
+    done = []
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever started the suite
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)  # arrives mid-write
+                time.sleep(0.05)
+                done.append("written")
+        assert done == ["written"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
