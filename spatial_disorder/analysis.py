@@ -503,10 +503,20 @@ class _Engine:
         """Gram matrix of one stage's (fit rows of) unit embeddings, computed once per stage."""
         sd = self.stage(stage, probe)
         if modality not in sd.gram:
-            x = self.unit(stage, probe, modality)
-            fr = self.fit_rows.get((probe, modality))
-            sd.gram[modality] = gram(x if fr is None else x[fr])
+            sd.gram[modality] = gram(self.fit_unit(stage, probe, modality))
         return sd.gram[modality]
+
+    def fit_unit(self, stage, probe, modality) -> np.ndarray:
+        """The unit rows the Procrustes fits use: every row, or fast mode's seeded fit rows (copied once while the stage
+        is cached, not once per pair)."""
+        x = self.unit(stage, probe, modality)
+        rows = self.fit_rows.get((probe, modality))
+        if rows is None:
+            return x
+        cached = self._arrays[(stage, probe)]
+        if ("fit", modality) not in cached:
+            cached[("fit", modality)] = x[rows]
+        return cached[("fit", modality)]
 
     def _item_frame(self, a, b, probe, modality, cols) -> pd.DataFrame:
         n = len(next(iter(cols.values())))

@@ -107,7 +107,7 @@ def _cmd_analyze(args) -> int:
     ref = _stage_arg(args.ref)
     analysis = _analyse(run, args, ref)
     t_report = time.perf_counter()
-    report = make_report(analysis, run, svg=args.svg, progress=_interactive())
+    report = make_report(analysis, run, svg=args.svg, progress=_interactive(), all_items=args.all_items)
     out = report.write(Path(args.out) if args.out else run.path / "report")
     print(report.summary_text)
     print(f"backend {analysis.meta.get('backend')}, k={analysis.meta.get('k')}, fast={analysis.meta.get('fast')}; "
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     _add_analysis_options(p, report=True)
     p.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    p.add_argument("--all-items", action="store_true",
+                   help="write the per-item tables (items.csv, paired.csv) for every stage pair (default: the --ref -> last pair)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("compare", help="compare runs over the same probe items and stages")

@@ -75,6 +75,16 @@ def test_out_is_honoured_and_options_pass_through(runs, tmp_path):
     assert ("s1", "s2") in pairs
 
 
+def test_all_items_writes_every_pair_of_per_item_values(runs, tmp_path):
+    import pandas as pd
+
+    for flag, pairs in (([], {("s0", "s2")}), (["--all-items"], {("s0", "s1"), ("s0", "s2"), ("s1", "s2")})):
+        out = tmp_path / f"rep{len(flag)}"
+        assert main([str(runs["a"]), "--out", str(out), *flag]) == 0
+        items = pd.read_csv(out / "tables" / "items.csv")
+        assert set(zip(items["stage_a"], items["stage_b"])) == pairs
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

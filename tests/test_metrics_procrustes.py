@@ -188,3 +188,71 @@ def test_rigid_share_of_a_rotation_and_of_a_change_of_shape():
     # items that did not move have no share
     per, _ = rigid_share(np.array([0.0, 10.0]), np.array([0.0, 5.0]))
     assert np.isnan(per[0]) and per[1] == pytest.approx(0.75)
+
+
+# --- the faster paths give the reference answers --------------------------------------------------------------
+from spatial_disorder.metrics.procrustes import proper_rotation  # noqa: E402
+
+
+def kabsch_by_svd(k):
+    """The reference: Kabsch's proper rotation from a full SVD."""
+    u, _, vt = np.linalg.svd(k)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        u[:, -1] = -u[:, -1]
+    return u @ vt
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.sampled_from([2, 3, 7, 40]), spread=st.floats(0.0, 6.0),
+       reflect=st.booleans(), tiny=st.booleans())
+def test_proper_rotation_matches_the_svd_reference(seed, d, spread, reflect, tiny):
+    """Cross-moments as a fit sees them (a rotation of a spread-out second moment, plus noise), with a reflection and
+    with nearly empty directions (where the eigen-path must hand over to the SVD)."""
+    rng = np.random.default_rng(seed)
+    scales = np.exp(-spread * rng.uniform(size=d))
+    if tiny:
+        scales[: max(1, d // 4)] *= 1e-9
+    g = (rng.normal(size=(d, d)) * scales) @ (rng.normal(size=(d, d)) * scales).T / d + np.diag(scales**2)
+    q = planted_rotation(d, [rng.uniform(0, 170)], seed=seed) if d > 1 else np.eye(d)
+    if reflect:
+        q = q @ np.diag(np.r_[-1.0, np.ones(d - 1)])
+    k = g @ q + 1e-3 * rng.normal(size=(d, d)) * scales.max()
+    r = proper_rotation(k)
+    np.testing.assert_allclose(r @ r.T, np.eye(d), atol=1e-8)
+    assert np.linalg.det(r) == pytest.approx(1.0, abs=1e-8)
+    # the same maximum of tr(R^T K) as the SVD reference (the maximiser itself is not unique when K is singular)
+    assert np.trace(r.T @ k) == pytest.approx(np.trace(kabsch_by_svd(k).T @ k), rel=1e-9, abs=1e-12)
+
+
+def test_a_whole_space_fit_needs_no_basis_and_gives_the_full_fit():
+    """When every direction holds data the subspace is the whole space: the shortcut (identity basis, no eigenvectors)
+    must give exactly the fit over all directions."""
+    rng = np.random.default_rng(4)
+    a = data(n=600, d=12, seed=4)
+    b = a @ planted_rotation(12, [25.0, 8.0], seed=5) + 0.01 * rng.normal(size=a.shape).astype(np.float32)
+    fit, full = procrustes(a, b), procrustes(a, b, floor=0.0)
+    assert fit.dim == 12 and np.array_equal(fit.basis, np.eye(12))
+    np.testing.assert_allclose(fit.R, full.R, atol=1e-10)
+    np.testing.assert_allclose(fit.angles_deg, full.angles_deg, atol=1e-8)
+    np.testing.assert_allclose(fit.plane_share, full.plane_share, atol=1e-10)
+
+
+def test_joint_rotations_reuse_the_modalities_own_fits_only_when_they_are_the_same_fits():
+    from spatial_disorder.metrics.procrustes import joint_rotations, procrustes_from_products
+
+    rng = np.random.default_rng(6)
+    ia, ta = data(n=500, d=10, seed=6), data(n=700, d=10, seed=7)
+    ib = ia @ planted_rotation(10, [20.0], seed=8) + 0.01 * rng.normal(size=ia.shape).astype(np.float32)
+    tb = ta @ planted_rotation(10, [35.0], seed=9) + 0.01 * rng.normal(size=ta.shape).astype(np.float32)
+    prods = [(cross_products(a, b), gram(b)) for a, b in ((ia, ib), (ta, tb))]
+    own = tuple(procrustes_from_products(*p) for p in prods)
+    fresh, reused = joint_rotations(*prods), joint_rotations(*prods, fitted=own)
+    assert fresh.dim == 10 and reused.image is own[0]
+    np.testing.assert_allclose(reused.angles_deg, fresh.angles_deg, atol=1e-8)
+    # on a CLIP-like cloud the subspaces differ (a few of 48 directions): the own fits must not be taken
+    ca, _ = clip_like_cloud(800, 48, seed=1)
+    cb = ca @ planted_rotation(48, [15.0], seed=2)
+    prods = [(cross_products(ca, cb), gram(cb))] * 2
+    own = tuple(procrustes_from_products(*p) for p in prods)
+    assert own[0].dim < 48
+    assert joint_rotations(*prods, fitted=own).image is not own[0]

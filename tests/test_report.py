@@ -1,5 +1,6 @@
 """The report: files written, readings from planted drift, metrics.json schema, HTML escaping, comparison, flips."""
 
+import io
 import json
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
@@ -59,6 +60,19 @@ def test_report_writes_every_file(planted, tmp_path):
     csv = pd.read_csv(out / "tables" / "summary.csv")
     assert len(csv) == len(analysis.summary)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_per_item_tables_hold_the_report_pair_unless_every_pair_is_asked_for(planted):
+    run, analysis, report = planted
+    items, paired = pd.read_csv(io.BytesIO(report.files()["tables/items.csv"])), pd.read_csv(io.BytesIO(report.files()["tables/paired.csv"]))
+    assert set(zip(items["stage_a"], items["stage_b"])) == {("s0", "s2")}
+    assert len(items) == int(((analysis.items["stage_a"] == "s0") & (analysis.items["stage_b"] == "s2")).sum()) > 0
+    assert set(paired["stage"]) == {"s0", "s2"}
+    every = make_report(analysis, run, all_items=True).files()
+    items_all = pd.read_csv(io.BytesIO(every["tables/items.csv"]))
+    assert len(items_all) == len(analysis.items)
+    assert set(zip(items_all["stage_a"], items_all["stage_b"])) == {("s0", "s1"), ("s0", "s2"), ("s1", "s2")}
+    assert set(pd.read_csv(io.BytesIO(every["tables/paired.csv"]))["stage"]) == {"s0", "s1", "s2"}
 
 
 def test_readings_state_the_planted_rotation(planted):

@@ -18,7 +18,6 @@ untouched). Arrays in, dataclasses and DataFrames out; no I/O. Formulas and defa
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +25,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..knn import as_unit_rows
-from .procrustes import DEFAULT_FLOOR, principal_basis, small_linalg
+from .procrustes import DEFAULT_FLOOR, polar_factor, principal_basis, small_linalg
 from .retrieval import DEFAULT_KS, RetrievalRanks, check_text_to_image, retrieval_ranks
 
 METHODS = ("orthogonal", "ridge")
@@ -146,17 +145,10 @@ def subspace_orthogonal(c: np.ndarray, g: np.ndarray, h: np.ndarray, n: int, flo
     the map arbitrary), and W = polar factor of U^T (S^T T) U, the best orthogonal map inside it. M is orthogonal
     (cosines inside the carried index are kept) and leaves the directions the calibration data do not fill as they
     are. Needs d_in == d_out."""
-    with _linalg(len(c)):
+    with small_linalg(len(c)):
         basis, _ = principal_basis((g + h) / (2.0 * n), floor)
         u = basis[:, : max(1, min(basis.shape[1], n))]
-        uu, _, vt = np.linalg.svd(u.T @ c @ u)
-        return np.eye(len(c)) + u @ (uu @ vt - np.eye(u.shape[1])) @ u.T
-
-
-def _linalg(d: int):
-    """``small_linalg`` for d x d work large enough to suffer from BLAS threads; nothing for small d (setting the
-    thread limit costs milliseconds, more than a 64 x 64 decomposition)."""
-    return small_linalg() if d >= 256 else contextlib.nullcontext()
+        return np.eye(len(c)) + u @ (polar_factor(u.T @ c @ u) - np.eye(u.shape[1])) @ u.T
 
 
 def fit_map(source, target, method: str = "orthogonal", ridge: float = DEFAULT_RIDGE, normalized: bool = False,
@@ -181,12 +173,17 @@ def fit_map(source, target, method: str = "orthogonal", ridge: float = DEFAULT_R
         c, g, h = fit_products(source, target, with_gram=True, normalized=normalized, block=block, with_target_gram=True)
         return subspace_orthogonal(c, g, h, n, floor)
     c, g = fit_products(source, target, with_gram=method == "ridge", normalized=normalized, block=block)
-    with _linalg(max(d_in, d_out)):
+    with small_linalg(max(d_in, d_out)):
         if method == "orthogonal":
-            u, _, vt = np.linalg.svd(c, full_matrices=False)
-            return u @ vt
+            return polar_factor(c) if d_in == d_out else _polar_rectangular(c)
         lam = ridge * np.trace(g) / g.shape[0]
         return np.linalg.solve(g + lam * np.eye(g.shape[0]), c)
+
+
+def _polar_rectangular(c: np.ndarray) -> np.ndarray:
+    """The orthogonal (semi-orthogonal) polar factor of a d_in x d_out cross-moment of different dimensions."""
+    u, _, vt = np.linalg.svd(c, full_matrices=False)
+    return u @ vt
 
 
 def apply_map(x, matrix: np.ndarray) -> np.ndarray:

@@ -7,11 +7,20 @@ computed once per stage (kNN lists, retrieval ranks, paired angles, centroids) o
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .deviation import flips
 from .neighbours import summarise_overlap
-from .procrustes import cross_products, joint_rotations, procrustes_from_products, rigid_residual_angles, rigid_share
+from .procrustes import (
+    cross_products,
+    joint_rotations,
+    procrustes_from_products,
+    rigid_residual_angles,
+    rigid_share,
+    small_linalg,
+)
 from .registry import Family, MetricInfo, register
 from .rotation import distribution
 
@@ -41,36 +50,43 @@ ROTATION = register(Family("rotation", "rotation", (
 def _procrustes_pair(ctx) -> None:
     """Uncentred and centred proper rotations per modality, each fitted in the principal subspace of the two stages
     (metrics/procrustes.py), the rigid share of the items' movement, then both modalities' rotations in one shared
-    subspace and how they differ (the inter-modal rotation). Fast mode fits and scores the seeded fit rows only."""
+    subspace and how they differ (the inter-modal rotation). Fast mode fits and scores the seeded fit rows only.
+
+    The d x d products use every BLAS thread; the four fits (two modalities, uncentred and centred) are small LAPACK
+    problems that gain nothing from threads inside one call, so they run side by side, one thread each."""
     engine, floor, products = ctx.engine, ctx.engine.rotation_floor, {}
     for m in ctx.modalities:
-        xa, xb = ctx.unit(ctx.a, m), ctx.unit(ctx.b, m)
-        rows = engine.fit_rows.get((ctx.probe, m))
-        fa, fb = (xa, xb) if rows is None else (xa[rows], xb[rows])
+        fa, fb = engine.fit_unit(ctx.a, ctx.probe, m), engine.fit_unit(ctx.b, ctx.probe, m)
         products[m] = (cross_products(fa, fb, gram_a=engine.stage_gram(ctx.a, ctx.probe, m)), engine.stage_gram(ctx.b, ctx.probe, m))
-        for centred in (False, True):
-            fit = procrustes_from_products(*products[m], centred=centred, floor=floor)
-            tag = "procrustes_centred" if centred else "procrustes"
-            ctx.put(m, f"{tag}_angle_deg", fit.geodesic_deg)
-            ctx.put(m, f"{tag}_max_angle_deg", fit.max_deg)
-            ctx.put(m, f"{tag}_residual_frac", fit.residual_frac)
-            ctx.put(m, f"{tag}_dim", fit.dim)
-            ctx.put(m, f"{tag}_variance_held", fit.variance_held)
-            ctx.spectrum(m, centred, fit.angles_deg, fit.plane_share, fit.dim, fit.variance_held)
-            if centred:
-                continue
-            rot = ctx.rotation(m)
-            residual = np.full(len(xa), np.nan)
-            residual[slice(None) if rows is None else rows] = rigid_residual_angles(fa, fb, fit)
-            per_item, share = rigid_share(rot if rows is None else rot[rows], residual if rows is None else residual[rows])
-            ctx.put(m, "rigid_share", share)
-            ctx.put(m, "rigid_residual_mean_deg", np.nanmean(residual))
-            ctx.item(m, "rigid_residual_deg", residual)
-            full = np.full(len(xa), np.nan)
-            full[slice(None) if rows is None else rows] = per_item
-            ctx.item(m, "rigid_share", full)
+    jobs = [(m, centred) for m in ctx.modalities for centred in (False, True)]
+    with small_linalg(), ThreadPoolExecutor(max_workers=min(2, len(jobs))) as pool:
+        fitted = dict(zip(jobs, pool.map(lambda job: procrustes_from_products(*products[job[0]], centred=job[1], floor=floor), jobs)))
+    fits = {}
+    for (m, centred), fit in fitted.items():
+        tag = "procrustes_centred" if centred else "procrustes"
+        ctx.put(m, f"{tag}_angle_deg", fit.geodesic_deg)
+        ctx.put(m, f"{tag}_max_angle_deg", fit.max_deg)
+        ctx.put(m, f"{tag}_residual_frac", fit.residual_frac)
+        ctx.put(m, f"{tag}_dim", fit.dim)
+        ctx.put(m, f"{tag}_variance_held", fit.variance_held)
+        ctx.spectrum(m, centred, fit.angles_deg, fit.plane_share, fit.dim, fit.variance_held)
+        if centred:
+            continue
+        fits[m] = fit
+        rows = engine.fit_rows.get((ctx.probe, m))
+        every = slice(None) if rows is None else rows
+        rot = ctx.rotation(m)
+        residual = np.full(len(rot), np.nan)
+        residual[every] = rigid_residual_angles(engine.fit_unit(ctx.a, ctx.probe, m), engine.fit_unit(ctx.b, ctx.probe, m), fit)
+        per_item, share = rigid_share(rot[every], residual[every])
+        ctx.put(m, "rigid_share", share)
+        ctx.put(m, "rigid_residual_mean_deg", np.nanmean(residual))
+        ctx.item(m, "rigid_residual_deg", residual)
+        full = np.full(len(rot), np.nan)
+        full[every] = per_item
+        ctx.item(m, "rigid_share", full)
     if ctx.cross:
-        joint = joint_rotations(products["image"], products["text"], floor=floor)
+        joint = joint_rotations(products["image"], products["text"], floor=floor, fitted=(fits["image"], fits["text"]))
         ctx.put("cross", "intermodal_rotation_deg", joint.geodesic_deg)
         ctx.put("cross", "intermodal_rotation_max_deg", joint.max_deg)
         ctx.put("cross", "intermodal_rotation_dim", joint.dim)

@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import eigh as scipy_eigh
 
 from ..knn import as_unit_rows
 from .rotation import check_pair, unit_angle_deg
@@ -102,11 +103,12 @@ _LIMIT_DEPTH = [0]
 
 
 @contextlib.contextmanager
-def small_linalg():
+def small_linalg(size: int | None = None):
     """Run d x d LAPACK work on one thread: multi-threaded SVDs of 512 x 512 matrices are many times
     slower on a busy machine (threads wait on each other) and gain nothing on an idle one. Nested uses cost
-    nothing (setting the limit takes milliseconds, so a fit sets it once around all its steps)."""
-    if _LIMIT_DEPTH[0]:
+    nothing (setting the limit takes milliseconds, so a fit sets it once around all its steps); with ``size`` under
+    256 nothing is set (a 64 x 64 decomposition costs less than setting the limit)."""
+    if _LIMIT_DEPTH[0] or (size is not None and size < 256):
         yield
         return
     try:
@@ -153,7 +155,7 @@ def plane_spectrum(r: np.ndarray, moment: np.ndarray | None = None) -> tuple[np.
     if vec is None:
         return planes, geo, mx, None
     total = float(np.trace(moment))
-    per_vector = np.einsum("ij,ik,kj->j", vec, moment, vec) / (total if total > 0 else 1.0)
+    per_vector = np.sum(vec * (moment @ vec), axis=0) / (total if total > 0 else 1.0)
     ordered = per_vector[order]
     share = np.add.reduceat(ordered, np.arange(0, len(ordered), 2)) if len(ordered) else ordered
     return planes, geo, mx, np.clip(share, 0.0, None)
@@ -175,24 +177,48 @@ def principal_basis(moment: np.ndarray, floor: float = DEFAULT_FLOOR) -> tuple[n
     d = len(moment)
     if floor == 0.0:
         return np.eye(d), 1.0
+    sym = (moment + moment.T) / 2.0
     with small_linalg():
-        w, v = np.linalg.eigh((moment + moment.T) / 2.0)
-    w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
-    total = float(w.sum())
-    if total <= 0.0:
-        return np.eye(d), 1.0
-    r = max(1, int(np.sum(w >= floor * total / d)))
-    return v[:, :r], float(w[:r].sum() / total)
+        w = np.clip(np.linalg.eigvalsh(sym)[::-1], 0.0, None)
+        total = float(w.sum())
+        r = max(1, int(np.sum(w >= floor * total / d))) if total > 0.0 else d
+        if r == d:  # every direction holds data: any basis of the whole space gives the same fit, so skip the vectors
+            return np.eye(d), 1.0
+        if 4 * r < d:  # a few leading vectors: computing only those is cheaper than the whole decomposition
+            v = scipy_eigh(sym, subset_by_index=(d - r, d - 1), driver="evr")[1][:, ::-1]
+        else:
+            v = np.linalg.eigh(sym)[1][:, : d - r - 1 : -1]
+    return v, float(w[:r].sum() / total)
+
+
+def _polar_parts(k: np.ndarray):
+    """(R, u_weak, v_weak): the orthogonal polar factor R = U V^T of a square K and its weakest singular pair.
+
+    R = K (K^T K)^(-1/2), from a symmetric eigensolver (about twice as fast as an SVD of a 512 x 512 matrix); when K is
+    too ill-conditioned for that (smallest singular value under 1e-4 of the largest, where squaring would cost
+    accuracy) it comes from the SVD instead."""
+    with small_linalg(len(k)):
+        w, v = np.linalg.eigh(k.T @ k)
+        s = np.sqrt(np.clip(w, 0.0, None))
+        if len(s) and s[0] > 1e-4 * s[-1]:
+            u = (k @ v) / s  # left singular vectors, ascending singular values
+            return u @ v.T, u[:, 0], v[:, 0]
+        u, _, vt = np.linalg.svd(k)
+        return u @ vt, u[:, -1], vt[-1]
+
+
+def polar_factor(k: np.ndarray) -> np.ndarray:
+    """argmax_R tr(R^T K) over orthogonal R (reflections allowed): the orthogonal polar factor of K."""
+    return _polar_parts(k)[0]
 
 
 def proper_rotation(k: np.ndarray) -> np.ndarray:
     """argmax_R tr(R^T K) over rotations with determinant +1 (Kabsch): the orthogonal polar factor of K, with the
     weakest singular direction flipped when that factor would be a reflection."""
-    with small_linalg():
-        u, _, vt = np.linalg.svd(k)
-        if np.linalg.det(u) * np.linalg.det(vt) < 0:
-            u[:, -1] = -u[:, -1]
-        return u @ vt
+    r, u, v = _polar_parts(k)
+    if np.linalg.det(r) < 0:
+        r = r - 2.0 * np.outer(u, v)
+    return r
 
 
 def pair_moments(p: CrossProducts, gram_b: Gram, centred: bool) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
@@ -210,10 +236,21 @@ def pair_moments(p: CrossProducts, gram_b: Gram, centred: bool) -> tuple[np.ndar
     return g, c, nd, (g + gb) / (2.0 * n)
 
 
+def _is_whole_space(basis: np.ndarray) -> bool:
+    """True for the identity basis ``principal_basis`` returns when every direction is kept (projections are no-ops)."""
+    d, r = basis.shape
+    return d == r and np.array_equal(basis, np.eye(d))
+
+
+def _inside(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """basis^T x basis: a d x d matrix restricted to the subspace."""
+    return x if _is_whole_space(basis) else basis.T @ x @ basis
+
+
 def subspace_spectrum(rr: np.ndarray, moment: np.ndarray, basis: np.ndarray):
     """``plane_spectrum`` of a rotation ``rr`` acting inside ``basis``, each plane's variance share taken relative to the
     whole of ``moment`` (all d directions), not to the subspace's part of it."""
-    inside = basis.T @ moment @ basis
+    inside = _inside(moment, basis)
     planes, geo, mx, shares = plane_spectrum(rr, inside)
     total = float(np.trace(moment))
     if total > 0:
@@ -221,17 +258,20 @@ def subspace_spectrum(rr: np.ndarray, moment: np.ndarray, basis: np.ndarray):
     return planes, geo, mx, shares
 
 
-def fit_in_subspace(g, c, nd, moment, basis, held, centred: bool) -> ProcrustesResult:
-    """The proper rotation inside ``basis`` that best maps A onto B, its spectrum and residual (see ProcrustesResult)."""
+def fit_in_subspace(g, c, nd, moment, basis, held, centred: bool, spectrum: bool = True) -> ProcrustesResult:
+    """The proper rotation inside ``basis`` that best maps A onto B, its spectrum and residual (see ProcrustesResult).
+    ``spectrum=False`` fits the rotation only (angles, shares and residual left empty), for callers that need R alone."""
     d, r = basis.shape
-    rr = proper_rotation(basis.T @ (g + c) @ basis)
+    gr, cr = _inside(g, basis), _inside(c, basis)
+    rr = proper_rotation(gr + cr)
     f = rr - np.eye(r)
-    gr, cr = basis.T @ g @ basis, basis.T @ c @ basis
+    full = np.eye(d) + f if _is_whole_space(basis) else np.eye(d) + basis @ f @ basis.T
+    if not spectrum:
+        return ProcrustesResult(full, np.empty(0), float("nan"), float("nan"), float("nan"), centred, None, r, held, basis, rr)
     residual = float(np.sum(f * (gr @ f)) - 2.0 * np.sum(f * cr) + nd)
     scale = float(np.trace(g))
     frac = 0.0 if nd <= 1e-12 * max(1.0, scale) else min(1.0, max(0.0, residual) / nd)
     planes, geo, mx, shares = subspace_spectrum(rr, moment, basis)
-    full = np.eye(d) + basis @ f @ basis.T
     return ProcrustesResult(full, planes, geo, mx, frac, centred, shares, r, held, basis, rr)
 
 
@@ -258,14 +298,21 @@ class JointRotations:
     variance_held: float
 
 
-def joint_rotations(image: tuple[CrossProducts, Gram], text: tuple[CrossProducts, Gram], floor: float = DEFAULT_FLOOR) -> JointRotations:
+def joint_rotations(image: tuple[CrossProducts, Gram], text: tuple[CrossProducts, Gram], floor: float = DEFAULT_FLOOR,
+                    fitted: tuple[ProcrustesResult, ProcrustesResult] | None = None) -> JointRotations:
     """Fit the image and the text rotation in the principal subspace of the four (unit-row) clouds pooled with equal
-    weight, then compare them. Directions neither modality uses cannot add an arbitrary angle."""
+    weight, then compare them. Directions neither modality uses cannot add an arbitrary angle.
+
+    ``fitted``: the two modalities' own uncentred fits, reused when they and the shared subspace all span the whole
+    space (then the fits are the same rotations)."""
     with small_linalg():
         parts = [pair_moments(p, gb, centred=False) for p, gb in (image, text)]
         moment = (parts[0][3] + parts[1][3]) / 2.0
         basis, held = principal_basis(moment, floor)
-        fi, ft = (fit_in_subspace(g, c, nd, moment, basis, held, False) for g, c, nd, _ in parts)
+        if fitted is not None and all(_is_whole_space(b) for b in (basis, fitted[0].basis, fitted[1].basis)):
+            fi, ft = fitted
+        else:
+            fi, ft = (fit_in_subspace(g, c, nd, moment, basis, held, False, spectrum=False) for g, c, nd, _ in parts)
         planes, geo, mx, shares = subspace_spectrum(fi.rotation.T @ ft.rotation, moment, basis)
     return JointRotations(fi, ft, planes, shares, geo, mx, basis.shape[1], held)
 
@@ -273,12 +320,16 @@ def joint_rotations(image: tuple[CrossProducts, Gram], text: tuple[CrossProducts
 def rigid_residual_angles(a: np.ndarray, b: np.ndarray, fit: ProcrustesResult, block: int = _BLOCK) -> np.ndarray:
     """Per-item angle (degrees) between the rigidly rotated old position a_i R and the new position b_i (unit rows):
     what the best rotation leaves unexplained. R acts only in the fit's basis, so a R = a + (a U)(R_r - I) U^T."""
+    d, r = fit.basis.shape
+    low_rank = 3 * r < d  # a U (R_r - I) U^T costs 2 n d r + n r^2 multiply-adds, a R costs n d^2
     basis = fit.basis.astype(np.float32)
-    f = (fit.rotation - np.eye(fit.rotation.shape[0])).astype(np.float32)
+    f = (fit.rotation - np.eye(r)).astype(np.float32)
+    full = fit.R.astype(np.float32)
     out = np.empty(a.shape[0])
     for s in range(0, a.shape[0], block):
         x = np.asarray(a[s : s + block], dtype=np.float32)
-        out[s : s + block] = unit_angle_deg(x + ((x @ basis) @ f) @ basis.T, np.asarray(b[s : s + block], dtype=np.float32))
+        moved = x + ((x @ basis) @ f) @ basis.T if low_rank else x @ full
+        out[s : s + block] = unit_angle_deg(moved, np.asarray(b[s : s + block], dtype=np.float32))
     return out
 
 

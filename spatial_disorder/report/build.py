@@ -159,11 +159,13 @@ def _section_table(analysis, metrics: list[str], ref: str, last: str) -> pd.Data
 
 
 def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips: bool = True, svg: bool = False,
-                progress: bool = False) -> Report:
+                progress: bool = False, all_items: bool = False) -> Report:
     """Build the report of ``analysis``; ``run`` (optional) adds its metadata and probe sizes to the overview.
 
     ``ref`` is the reference stage (name or index into the analysed stages); by default the analysis' own.
     Figures are rendered once as PNG (embedded in the page and written under figures/); ``svg`` also writes SVG.
+    ``tables/items.csv`` and ``tables/paired.csv`` hold the report's pair (``ref`` -> last stage) only, or every
+    analysed pair and stage with ``all_items`` (tables.csv_tables).
     """
     stages = analysis.stages
     probes = analysis.probe_names
@@ -220,4 +222,4 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
     saved = "PNG and SVG" if svg else "PNG (SVG with --svg)"
     html = page(title, overview, sections, footer=f"Written by spatial-disorder {__version__}. Figures are also saved as {saved} under figures/.")
     doc = metrics_document(analysis, run_info(run))
-    return Report(title, html, doc, csv_tables(analysis), figs, rendered, format_headline(head, ref, last))
+    return Report(title, html, doc, csv_tables(analysis, ref, last, all_items), figs, rendered, format_headline(head, ref, last))

@@ -81,9 +81,21 @@ def _num(v) -> str:
 CSV_TABLES = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories", "bridge_curve")
 
 
-def csv_tables(analysis) -> dict[str, pd.DataFrame]:
-    """Every table written under ``tables/``: file stem -> frame (empty frames are skipped)."""
+def csv_tables(analysis, ref: str | None = None, last: str | None = None, all_items: bool = True) -> dict[str, pd.DataFrame]:
+    """Every table written under ``tables/``: file stem -> frame (empty frames are skipped).
+
+    The per-item tables (``items``: one row per item, stage pair and modality; ``paired``: one row per caption and
+    stage) are by far the largest (about 0.5 million rows for COCO's 25,000 captions over 9 stage pairs), so with
+    ``all_items=False`` they keep only the report's own pair ``ref`` -> ``last`` (and those two stages); the full
+    frames stay in ``RunAnalysis.items`` and ``RunAnalysis.paired``."""
     out = {name: getattr(analysis, name) for name in CSV_TABLES if len(getattr(analysis, name))}
+    if not all_items and ref is not None and last is not None:
+        if "items" in out:
+            it = out["items"]
+            out["items"] = it[(it["stage_a"].astype(str) == str(ref)) & (it["stage_b"].astype(str) == str(last))]
+        if "paired" in out:
+            pa = out["paired"]
+            out["paired"] = pa[pa["stage"].astype(str).isin([str(ref), str(last)])]
     if "summary" in out:
         out["summary_wide"] = wide_summary(out["summary"])
     return out
