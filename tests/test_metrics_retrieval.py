@@ -165,3 +165,34 @@ def test_threaded_counting_equals_one_pass():
     rows1, cols1 = _count_at_least(sims, row_thr, col_thr)
     np.testing.assert_array_equal(rows1, want_rows)
     np.testing.assert_array_equal(cols1, want_cols)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n_img=st.integers(2, 30), caps=st.integers(1, 3), ties=st.booleans())
+def test_one_direction_gives_the_same_ranks_as_both(seed, n_img, caps, ties):
+    """Counting one direction only (the bridge's cross-model passes) must not change that direction's ranks; checked
+    against a brute-force count with the pessimistic tie rule, including exact ties (duplicated rows)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(n_img, 6)).astype(np.float32)
+    if ties:
+        img[1] = img[0]
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    t2i = np.repeat(np.arange(n_img), caps)
+    txt = img[t2i] + 0.8 * rng.normal(size=(len(t2i), 6)).astype(np.float32)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    both = retrieval_ranks(img, txt, t2i, normalized=True, backend="numpy")
+    t2i_only = retrieval_ranks(img, txt, t2i, normalized=True, backend="numpy", directions=("t2i",))
+    i2t_only = retrieval_ranks(img, txt, t2i, normalized=True, backend="numpy", directions=("i2t",))
+    np.testing.assert_array_equal(t2i_only.t2i, both.t2i)
+    np.testing.assert_array_equal(i2t_only.i2t, both.i2t)
+    assert len(t2i_only.i2t) == 0 and len(i2t_only.t2i) == 0
+    sims = txt.astype(np.float64) @ img.T.astype(np.float64)
+    own = sims[np.arange(len(t2i)), t2i]
+    brute = 1 + np.array([np.sum(np.delete(sims[j], t2i[j]) >= own[j] - 1e-5) for j in range(len(t2i))])
+    np.testing.assert_array_equal(t2i_only.t2i, brute)
+
+
+def test_directions_must_be_named():
+    img = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="directions"):
+        retrieval_ranks(img, img, np.arange(3), normalized=True, directions=("t2t",))

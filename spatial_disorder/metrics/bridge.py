@@ -196,11 +196,11 @@ def apply_map(x, matrix: np.ndarray) -> np.ndarray:
 
 
 def _t2i_ranks(images, texts, text_to_image) -> np.ndarray:
-    return retrieval_ranks(images, texts, text_to_image, normalized=True).t2i
+    return retrieval_ranks(images, texts, text_to_image, normalized=True, directions=("t2i",)).t2i
 
 
 def _i2t_ranks(images, texts, text_to_image) -> np.ndarray:
-    return retrieval_ranks(images, texts, text_to_image, normalized=True).i2t
+    return retrieval_ranks(images, texts, text_to_image, normalized=True, directions=("i2t",)).i2t
 
 
 def recall_at(ranks: RetrievalRanks, ks=DEFAULT_KS) -> dict[str, float]:
@@ -302,9 +302,17 @@ def residual_frac(source: np.ndarray, carried: np.ndarray, target: np.ndarray) -
     share for an orthogonal map); NaN when the spaces differ in dimension or nothing moved."""
     if source.shape != target.shape:
         return float("nan")
-    moved = float(np.sum((source.astype(np.float64) - target) ** 2))
-    left = float(np.sum((carried.astype(np.float64) - target) ** 2))
+    moved, left = _squared_distance(source, target), _squared_distance(carried, target)
     return left / moved if moved > 0 else float("nan")
+
+
+def _squared_distance(x: np.ndarray, y: np.ndarray, block: int = 8192) -> float:
+    """sum ||x_i - y_i||^2, accumulated in float64 block by block (no full-size float64 copies)."""
+    total = 0.0
+    for s in range(0, len(x), block):
+        diff = np.subtract(x[s : s + block], y[s : s + block], dtype=np.float64)
+        total += float(np.einsum("ij,ij->", diff, diff))
+    return total
 
 
 @dataclass
@@ -339,13 +347,14 @@ def _bct(row: dict, old: dict) -> dict:
 def evaluate_bridge(reference: dict, candidate: dict, text_to_image, split: Split | None = None, methods=METHODS,
                     directions=DIRECTIONS, fraction: float = DEFAULT_FRACTION, seed: int = 0, ridge: float = DEFAULT_RIDGE,
                     ks=DEFAULT_KS, default: tuple[str, str] = ("orthogonal", "index"), normalized: bool = False,
-                    old: dict | None = None, new: dict | None = None, table: bool = True) -> BridgeEvaluation:
+                    old: dict | None = None, new: dict | None = None, table: bool = True, with_cross: bool = True) -> BridgeEvaluation:
     """Fit every (method, direction) on the calibration split and score all settings on the held-out items.
 
     A setting whose calibration split is too small for its method is skipped with the reason (the default
     setting is not: it raises ``InputError``). ``old`` / ``new``: the held-out old/old and new/new R@K of this
     split when already known (``held_out_recall``; the analysis engine computes them once per stage).
-    ``table=False`` leaves ``table`` empty (the flat ``metrics`` only, for the per-pair analysis).
+    ``table=False`` leaves ``table`` empty (the flat ``metrics`` only, for the per-pair analysis); ``with_cross=False``
+    skips the map-free cross-model row (the learning curve needs the bridged rows only).
     """
     ref = reference if normalized else _unit_pair(reference, "reference")
     cand = candidate if normalized else _unit_pair(candidate, "candidate")
@@ -358,9 +367,10 @@ def evaluate_bridge(reference: dict, candidate: dict, text_to_image, split: Spli
     held_t2i = split.held_text_to_image()
     old = old if old is not None else held_out_recall(ref, split, ks)
     new = new if new is not None else held_out_recall(cand, split, ks)
-    cross = recall_at(paired_ranks((ref_h["image"], cand_h["text"]), (cand_h["image"], ref_h["text"]), held_t2i), ks)
-    records = [{"setting": "old/old", **old}, {"setting": "new/new", **new},
-               {"setting": "cross", **cross, **_recovery(cross, new), **_bct(cross, old)}]
+    records = [{"setting": "old/old", **old}, {"setting": "new/new", **new}]
+    if with_cross:
+        cross = recall_at(paired_ranks((ref_h["image"], cand_h["text"]), (cand_h["image"], ref_h["text"]), held_t2i), ks)
+        records.append({"setting": "cross", **cross, **_recovery(cross, new), **_bct(cross, old)})
     maps, skipped = {}, {}
     for method in methods:
         for direction in directions:
@@ -398,8 +408,10 @@ def flat_metrics(ev: BridgeEvaluation, ks=DEFAULT_KS) -> dict[str, float]:
 def _flat(rows: dict, default: tuple[str, str], split: Split, ks=DEFAULT_KS) -> dict[str, float]:
     out: dict[str, float] = {}
     for setting, prefix in (("old/old", "heldout_old_"), ("new/new", "heldout_new_"), ("cross", "cross_")):
-        out.update({f"{prefix}{d}_R@{k}": float(rows[setting][f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
-    out.update({f"cross_{d}_compatible": float(rows["cross"][f"{d}_bct"]) for d in ("t2i", "i2t")})
+        if setting in rows:
+            out.update({f"{prefix}{d}_R@{k}": float(rows[setting][f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
+    if "cross" in rows:
+        out.update({f"cross_{d}_compatible": float(rows["cross"][f"{d}_bct"]) for d in ("t2i", "i2t")})
     row = rows.get(f"bridge {default[0]} {default[1]}")
     if row is not None:
         out.update({f"bridge_{d}_R@{k}": float(row[f"{d}_R@{k}"]) for d in ("t2i", "i2t") for k in ks})
@@ -441,7 +453,7 @@ def learning_curve(reference: dict, candidate: dict, text_to_image, sizes=CURVE_
     frames = []
     for n in wanted:
         ev = evaluate_bridge(ref, cand, t2i, split=full.prefix(n), methods=methods, directions=directions, ridge=ridge,
-                             default=("", ""), normalized=True, old=old, new=new)
+                             default=("", ""), normalized=True, old=old, new=new, with_cross=False)
         rows = ev.table[ev.table["setting"].str.startswith("bridge")].copy()
         rows["note"] = ""
         for (method, direction), why in ev.skipped.items():
