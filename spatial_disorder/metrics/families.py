@@ -50,7 +50,8 @@ ROTATION = register(Family("rotation", "rotation", (
 def _procrustes_pair(ctx) -> None:
     """Uncentred and centred proper rotations per modality, each fitted in the principal subspace of the two stages
     (metrics/procrustes.py), the rigid share of the items' movement, then both modalities' rotations in one shared
-    subspace and how they differ (the inter-modal rotation). Fast mode fits and scores the seeded fit rows only.
+    subspace and how they differ (the inter-modal rotation). Fast mode fits on the seeded fit rows and scores the rigid
+    share on the sampled query items.
 
     The d x d products use every BLAS thread; the four fits (two modalities, uncentred and centred) are small LAPACK
     problems that gain nothing from threads inside one call, so they run side by side, one thread each."""
@@ -73,11 +74,11 @@ def _procrustes_pair(ctx) -> None:
         if centred:
             continue
         fits[m] = fit
-        rows = engine.fit_rows.get((ctx.probe, m))
+        rows = ctx.query_rows(m)  # fast mode: the sampled query items (the rigid share is a mean over items)
         every = slice(None) if rows is None else rows
         rot = ctx.rotation(m)
         residual = np.full(len(rot), np.nan)
-        residual[every] = rigid_residual_angles(engine.fit_unit(ctx.a, ctx.probe, m), engine.fit_unit(ctx.b, ctx.probe, m), fit)
+        residual[every] = rigid_residual_angles(ctx.unit(ctx.a, m)[every], ctx.unit(ctx.b, m)[every], fit)
         per_item, share = rigid_share(rot[every], residual[every])
         ctx.put(m, "rigid_share", share)
         ctx.put(m, "rigid_residual_mean_deg", np.nanmean(residual))
