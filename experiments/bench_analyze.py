@@ -47,20 +47,40 @@ def probe_names(n_probes: int) -> list[str]:
     return ["bench"] if n_probes == 1 else [f"bench{p}" for p in range(n_probes)]
 
 
-def make_run(path: Path, n: int, d: int, stages: int, seed: int = 0, captions: int = 1, n_probes: int = 1) -> Path:
-    """Write a run stage by stage (only one stage in memory at a time)."""
+def clip_like_embeddings(n: int, captions: int, d: int, seed: int = 0):
+    """Images and captions shaped like real CLIP embeddings (a common mean direction and a power-law spectrum, so most
+    of the d directions are nearly empty; synthetic.clip_like_cloud), captions near their image, one basis for both."""
+    from spatial_disorder.synthetic import clip_like_cloud
+
+    img, basis = clip_like_cloud(n, d, seed=seed)
+    t2i = np.repeat(np.arange(n), captions)
+    txt = img[t2i] + 0.3 * clip_like_cloud(len(t2i), d, seed=seed + 2, basis=basis)[0] + 0.3 * basis[:, 3]
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    return img.astype(np.float32), txt.astype(np.float32), t2i, basis
+
+
+def make_run(path: Path, n: int, d: int, stages: int, seed: int = 0, captions: int = 1, n_probes: int = 1,
+             data: str = "structured") -> Path:
+    """Write a run stage by stage (only one stage in memory at a time). ``data``: "structured" (clustered low-rank
+    embeddings plus isotropic noise that fills every direction above the rotation fit's variance floor, the worst case
+    for the Procrustes family's cost) or "clip-like" (most directions nearly empty, as in real CLIP embeddings; the
+    planted rotations turn its principal planes)."""
     import pandas as pd
 
     from spatial_disorder.run import ProbeSet, RunWriter
     from spatial_disorder.synthetic import planted_rotation, structured_embeddings
 
     rng = np.random.default_rng(seed + 1)
-    r_img = planted_rotation(d, [6.0, 4.0, 2.0], seed=seed + 2).astype(np.float32)
-    r_txt = planted_rotation(d, [5.0, 3.0], seed=seed + 3).astype(np.float32)
-    writer = RunWriter.create(path, metadata={"model": "synthetic-bench", "n": n, "d": d, "captions": captions})
+    planes = clip_like_embeddings(8, 1, d, seed=seed)[3][:, 1:7] if data == "clip-like" else None
+    r_img = planted_rotation(d, [6.0, 4.0, 2.0], seed=seed + 2, basis=planes).astype(np.float32)
+    r_txt = planted_rotation(d, [5.0, 3.0], seed=seed + 3, basis=planes).astype(np.float32)
+    writer = RunWriter.create(path, metadata={"model": "synthetic-bench", "n": n, "d": d, "captions": captions, "data": data})
     cur = {}
     for p, name in enumerate(probe_names(n_probes)):
-        img, txt, t2i = structured_embeddings(n, captions, d, seed=seed + 10 * p)
+        if data == "clip-like":
+            img, txt, t2i, _ = clip_like_embeddings(n, captions, d, seed=seed)  # one basis for every probe set
+        else:
+            img, txt, t2i = structured_embeddings(n, captions, d, seed=seed + 10 * p)
         caps = [[f"caption {j} of image {i}" for j in range(captions)] for i in range(n)]
         writer.add_probe(ProbeSet.from_captions(name, pd.DataFrame({"id": [f"i{i}" for i in range(n)]}), caps))
         cur[name] = {"image": img.astype(np.float32), "text": txt.astype(np.float32)}
@@ -236,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--naive-max", type=int, default=20000, help="largest n for the naive full-matrix retrieval")
     p.add_argument("--workdir", default=None, help="where to write the synthetic runs (default: a temporary folder)")
+    p.add_argument("--data", default="structured", choices=("structured", "clip-like"),
+                   help="synthetic embeddings: structured (noise fills every direction; default) or clip-like (most directions nearly empty)")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -245,11 +267,11 @@ def main(argv=None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sd-bench-"))
     try:
         for n in args.n:
-            run_path = work / f"run-n{n}-d{args.d}-c{args.captions}-p{args.probes}-s{args.stages}"
+            run_path = work / f"run-n{n}-d{args.d}-c{args.captions}-p{args.probes}-s{args.stages}" + ("-cliplike" if args.data == "clip-like" else "")
             if not (run_path / "run.json").exists():
                 shutil.rmtree(run_path, ignore_errors=True)
                 t = time.perf_counter()
-                make_run(run_path, n, args.d, args.stages, captions=args.captions, n_probes=args.probes)
+                make_run(run_path, n, args.d, args.stages, captions=args.captions, n_probes=args.probes, data=args.data)
                 print(f"# n={n}: wrote a {args.stages}-stage run in {time.perf_counter() - t:.1f} s", flush=True)
             results = {}
             for mode in args.modes:
@@ -266,7 +288,7 @@ def report(n, args, r) -> None:
     base = r.get("baseline", {}).get("seconds")
     base_cpu = r.get("baseline", {}).get("cpu_seconds")
     print(f"\n## n = {n} images x {args.captions} captions x {args.probes} probe sets, d = {args.d}, stages = {args.stages}, "
-          f"k = {args.k}, threads = {args.threads}")
+          f"k = {args.k}, threads = {args.threads}, data = {args.data}")
     print("wall = elapsed seconds; cpu = CPU seconds of all threads (steadier when other jobs share the machine)")
     print(f"{'mode':<10}{'wall s':>9}{'/ base':>8}{'cpu s':>9}{'/ base':>8}{'peak RSS GB':>13}  notes")
     for mode, res in r.items():

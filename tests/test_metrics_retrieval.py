@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spatial_disorder.errors import InputError
 from spatial_disorder.knn import NumpyBackend, available_backends
-from spatial_disorder.metrics.retrieval import retrieval_ranks, retrieval_scores
+from spatial_disorder.metrics.retrieval import TIE_TOL, retrieval_ranks, retrieval_scores
 
 
 def brute_ranks(img, txt, t2i):
-    """Reference: float64 cosines, explicit loops, ties pessimistic."""
+    """Reference: float64 cosines, explicit loops, ties pessimistic within the documented tolerance (TIE_TOL: a wrong
+    item whose cosine is within 1e-5 of the correct one ranks ahead of it)."""
     img = img / np.linalg.norm(img, axis=1, keepdims=True)
     txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     s = txt @ img.T
@@ -17,12 +18,12 @@ def brute_ranks(img, txt, t2i):
     for j in range(len(txt)):
         correct = s[j, t2i[j]]
         wrong = [s[j, i] for i in range(len(img)) if i != t2i[j]]
-        t_rank.append(1 + sum(w >= correct - 1e-9 for w in wrong))
+        t_rank.append(1 + sum(w >= correct - TIE_TOL for w in wrong))
     i_rank = []
     for i in range(len(img)):
         mine = [j for j in range(len(txt)) if t2i[j] == i]
         best = max(s[j, i] for j in mine)
-        i_rank.append(1 + sum(s[j, i] >= best - 1e-9 for j in range(len(txt)) if t2i[j] != i))
+        i_rank.append(1 + sum(s[j, i] >= best - TIE_TOL for j in range(len(txt)) if t2i[j] != i))
     return np.array(i_rank), np.array(t_rank)
 
 
@@ -67,6 +68,7 @@ def test_matches_brute_force_many_captions_and_ties(backend):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), n_img=st.integers(2, 12), caps=st.integers(1, 4))
+@example(seed=7679, n_img=12, caps=3)  # a wrong image 2e-6 above the correct one: a tie under the documented rule
 def test_property_matches_brute_force(seed, n_img, caps):
     rng = np.random.default_rng(seed)
     img = rng.normal(size=(n_img, 5))

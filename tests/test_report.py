@@ -219,3 +219,15 @@ def test_scatter_reading_from_hand_made_items():
 def test_heatmap_reading_names_the_worst_pair():
     fig = F.rotation_heatmap(_frames(), "p")
     assert "largest mean rotation between two analysed stages is 40.0° (image embeddings, a → c)" in fig.reading
+
+
+def test_figures_drawn_in_worker_processes_are_the_ones_drawn_here(planted):
+    """The report draws its figures in forked workers where it can: same figures, same order, same bytes, same page."""
+    run, analysis, _ = planted
+    here, workers = make_report(analysis, run, workers=1), make_report(analysis, run, workers=2)
+    assert [f.key for f in here.figures] == [f.key for f in workers.figures] and len(here.figures) >= 8
+    assert [f.reading for f in here.figures] == [f.reading for f in workers.figures]
+    a, b = here.files(), workers.files()
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in a if k.startswith("figures/")) and a["index.html"] == b["index.html"]
+    assert all(f.figure is None for f in workers.figures)  # encoded, then freed

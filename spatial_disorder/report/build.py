@@ -15,11 +15,11 @@ import pandas as pd
 
 from ..metrics.registry import section_metrics
 from . import figures as F
+from . import render
 from . import upgrade as U
 from .html import Section, kv_table, page, table_html
 from .metrics_json import dumps, metrics_document
 from .output import report_files, write_folder
-from .style import report_style
 from .tables import csv_tables, definitions, format_headline, headline
 
 SECTION_TITLES = {
@@ -86,39 +86,12 @@ def _ref(analysis, stages: list[str], ref=None) -> str:
     return str(ref)
 
 
-def build_figures(analysis, ref=None, progress: bool = False) -> list:
-    """Every figure of the report, in page order within each section (drawn from the analysis alone)."""
+def build_figures(analysis, ref=None) -> list:
+    """Every figure of the report as matplotlib figures, in page order within each section (drawn from the analysis
+    alone, in this process; ``make_report`` draws and encodes them in worker processes instead, report/render.py)."""
     stages = analysis.stages
-    probes = analysis.probe_names
     ref = _ref(analysis, stages, ref)
-    last = stages[-1] if stages else ref
-    n = len(probes)
-    out = []
-    with report_style():
-        for probe in _progress(probes, "figures", progress):
-            out += [
-                F.retrieval_lines(analysis, probe, n),
-                F.r1_heatmap(analysis, probe, n),
-                F.flips_bars(analysis, probe, n),
-                F.rotation_histograms(analysis, probe, ref, n),
-                F.rotation_heatmap(analysis, probe, n),
-                F.procrustes_spectra(analysis, probe, ref, n),
-                F.trajectories(analysis, probe, n),
-                F.topology_lines(analysis, probe, ref, n),
-                F.overlap_heatmap(analysis, probe, n),
-                F.rotation_scatter(analysis, probe, ref, last, analysis.text_to_image.get(probe), n),
-                F.paired_angle_plot(analysis, probe, n),
-                U.recovery_curve(analysis, probe, n),
-            ]
-    return [f for f in out if f is not None]
-
-
-def _progress(items, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, leave=False)
+    return render.build_figures(analysis, ref, stages[-1] if stages else ref)
 
 
 def _overview(analysis, run, stages, probes, ref) -> str:
@@ -159,23 +132,21 @@ def _section_table(analysis, metrics: list[str], ref: str, last: str) -> pd.Data
 
 
 def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips: bool = True, svg: bool = False,
-                progress: bool = False, all_items: bool = False) -> Report:
+                progress: bool = False, all_items: bool = False, workers: int | None = None) -> Report:
     """Build the report of ``analysis``; ``run`` (optional) adds its metadata and probe sizes to the overview.
 
     ``ref`` is the reference stage (name or index into the analysed stages); by default the analysis' own.
     Figures are rendered once as PNG (embedded in the page and written under figures/); ``svg`` also writes SVG.
     ``tables/items.csv`` and ``tables/paired.csv`` hold the report's pair (``ref`` -> last stage) only, or every
-    analysed pair and stage with ``all_items`` (tables.csv_tables).
+    analysed pair and stage with ``all_items`` (tables.csv_tables). ``workers``: processes the figures are drawn in
+    (default: the usable cores on Linux; 1 draws them here; report/render.py).
     """
     stages = analysis.stages
     probes = analysis.probe_names
     ref = _ref(analysis, stages, ref)
     last = stages[-1] if stages else ref
-    figs = build_figures(analysis, ref=ref, progress=progress)
     formats = ("png", "svg") if svg else ("png",)
-    rendered = {f.key: F.render_figure(f, formats) for f in figs}
-    for f in figs:  # free the figure memory once rendered
-        f.figure.clear()
+    figs, rendered = render.render_figures(analysis, ref, last, formats, workers=workers, progress=progress)
 
     names = list(dict.fromkeys(analysis.summary["metric"])) if len(analysis.summary) else []
     sections, shown = [], set()
