@@ -267,7 +267,8 @@ def main(argv=None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sd-bench-"))
     try:
         for n in args.n:
-            run_path = work / f"run-n{n}-d{args.d}-c{args.captions}-p{args.probes}-s{args.stages}" + ("-cliplike" if args.data == "clip-like" else "")
+            run_path = work / (f"run-n{n}-d{args.d}-c{args.captions}-p{args.probes}-s{args.stages}"
+                               + ("-cliplike" if args.data == "clip-like" else ""))
             if not (run_path / "run.json").exists():
                 shutil.rmtree(run_path, ignore_errors=True)
                 t = time.perf_counter()

@@ -459,9 +459,14 @@ class _Engine:
             remap = np.full(n_img, -1, dtype=np.int64)
             remap[rows] = np.arange(len(rows))
             t2i = remap[t2i]  # captions of images not queried stay in the gallery and belong to no query
-        queries = self.stage(image_stage, probe).cross_queries
-        ranks = sampled_ranks(queries, self.unit(text_stage, probe, "text"), t2i, np.arange(len(queries)), np.array([], dtype=np.int64),
-                              backend=self.backend).i2t
+        sd = self.stage(image_stage, probe)
+        full = sd.ranks.i2t if sd.ranks is not None else None
+        if image_stage == text_stage and full is not None and np.all(np.isfinite(full if rows is None else full[rows])):
+            ranks = full if rows is None else full[rows]  # a diagonal cell is the stage's own image-to-text retrieval
+        else:
+            queries = sd.cross_queries
+            ranks = sampled_ranks(queries, self.unit(text_stage, probe, "text"), t2i, np.arange(len(queries)), np.array([], dtype=np.int64),
+                                  backend=self.backend).i2t
         p = float(np.mean(ranks == 1))
         lo, hi = _proportion_ci(p, len(ranks), n_img)
         self._cross[key] = CrossStageCell(100.0 * p, 100.0 * lo, 100.0 * hi, len(ranks))

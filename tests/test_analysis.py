@@ -288,3 +288,30 @@ def test_per_stage_caches_equal_direct_metric_calls():
         assert kl.n_rows_i2t == 256 < n
         assert val["contrastive_kl/cross"] == pytest.approx(kl.mean, rel=1e-5)
         assert val["contrastive_kl_rows/cross"] == kl.n_rows_i2t + kl.n_rows_t2i
+
+
+@pytest.mark.parametrize("n", [60, 700])  # every image queried, and a seeded 500 of 700
+def test_cross_stage_cells_against_brute_force(n):
+    """Each cell is the share of queried images whose best caption (at the other stage) is one of their own, ties
+    pessimistic; the diagonal cells reuse the stage's own retrieval ranks and must agree with the same count."""
+    img, txt, t2i = pair_data(n=n, caps=2, d=8, seed=3)
+    rng = np.random.default_rng(4)
+    r = planted_rotation(8, [25.0], seed=5)
+    cand = {"image": unit(img @ r), "text": unit(txt @ r + 0.3 * rng.normal(size=txt.shape))}
+    res = analyze_arrays({"image": img, "text": txt}, cand, t2i, k=5)
+    cells = res.cross_stage.set_index(["image_stage", "text_stage"])
+    arrays = {"reference": {"image": img, "text": txt}, "candidate": cand}
+    queries = int(cells["queries"].iloc[0])
+    for (si, st_), row in cells.iterrows():
+        sims = arrays[si]["image"].astype(np.float64) @ arrays[st_]["text"].astype(np.float64).T
+        own = np.array([sims[i, t2i == i].max() for i in range(n)])
+        wrong = np.where(t2i[None, :] == np.arange(n)[:, None], -np.inf, sims)
+        hit = (wrong >= own[:, None] - 1e-5).sum(axis=1) == 0
+        if queries == n:
+            assert row["value"] == pytest.approx(100.0 * hit.mean(), abs=1e-9), (si, st_)
+        else:  # a seeded sample: within its own 95% interval of the all-image value, and the interval is honest
+            assert queries == 500 and row["ci_low"] <= 100.0 * hit.mean() <= row["ci_high"], (si, st_)
+    for stage in ("reference", "candidate"):
+        own_r1 = res.retrieval[(res.retrieval["stage"] == stage) & (res.retrieval["direction"] == "i2t") & (res.retrieval["metric"] == "R@1")]
+        if queries == n:
+            assert cells.loc[(stage, stage), "value"] == pytest.approx(float(own_r1["value"].iloc[0]), abs=1e-9)
