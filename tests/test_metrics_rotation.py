@@ -83,3 +83,13 @@ def test_distribution_and_errors():
         rotation_angles(np.ones((3, 2)), np.ones((3, 3)))
     with pytest.raises(InputError, match="zero vector"):
         rotation_angles(np.zeros((3, 2)), np.ones((3, 2)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(2, 40), seed=st.integers(0, 1000))
+def test_per_item_sums_of_the_upper_triangle_match_the_full_matrix(m, seed):
+    from spatial_disorder.metrics.rotation import _pair_sums
+
+    full = np.random.default_rng(seed).random((m, m))
+    full = np.triu(full, 1) + np.triu(full, 1).T  # symmetric, zero diagonal
+    np.testing.assert_allclose(_pair_sums(full[np.triu_indices(m, 1)], m), full.sum(axis=1), rtol=1e-12)
