@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
@@ -231,3 +232,26 @@ def test_figures_drawn_in_worker_processes_are_the_ones_drawn_here(planted):
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a if k.startswith("figures/")) and a["index.html"] == b["index.html"]
     assert all(f.figure is None for f in workers.figures)  # encoded, then freed
+
+
+_SHARED_WITH_POOL: dict = {}
+
+
+def _figure_keys_in_a_daemonic_worker(_):
+    return [f.key for f in make_report(_SHARED_WITH_POOL["analysis"], _SHARED_WITH_POOL["run"]).figures]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="figures are drawn in worker processes on Linux only")
+def test_a_report_made_inside_a_pool_worker_draws_its_figures_there(planted):
+    """A multiprocessing pool's worker is daemonic and may not start processes: the report must draw in-process there
+    (a user analysing runs in parallel), not fail."""
+    import multiprocessing
+
+    run, analysis, report = planted
+    _SHARED_WITH_POOL.update(run=run, analysis=analysis)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            keys = pool.map(_figure_keys_in_a_daemonic_worker, [0])[0]
+    finally:
+        _SHARED_WITH_POOL.clear()
+    assert keys == [f.key for f in report.figures]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from dataclasses import replace
 
@@ -47,8 +48,9 @@ def build_figures(analysis, ref: str, last: str) -> list:
 
 
 def default_workers() -> int:
-    """Cores this process may use (at most 4), or 1 where forking is not safe."""
-    if not sys.platform.startswith("linux"):
+    """Cores this process may use (at most 4), or 1 where forking is not safe or not allowed (a daemonic process, e.g.
+    a multiprocessing pool's worker, may not have children)."""
+    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
@@ -71,7 +73,9 @@ def _task(task: tuple[str, int]):
 
 
 def _worker_init() -> None:
-    """One BLAS thread per worker: the workers already use every core between them."""
+    """Ctrl-C is the parent's to handle (it stops the pool and prints one line), and one BLAS thread per worker: the
+    workers already use every core between them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -87,16 +91,22 @@ def render_figures(analysis, ref: str, last: str, formats=("png",), workers: int
     workers = min(workers, max(1, len(tasks) // MIN_TASKS_PER_WORKER))
     _SHARED.update(analysis=analysis, ref=ref, last=last, n=len(analysis.probe_names), formats=tuple(formats))
     try:
-        if workers == 1:
+        results = None
+        if workers > 1:
+            try:
+                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
+            except OSError:  # no processes to be had (limits): draw here instead
+                pool = None
+            if pool is not None:
+                with pool:
+                    results = pool.map(_task, tasks, chunksize=1)
+        if results is None:
             results = map(_task, tasks)
             if progress:
                 from tqdm.auto import tqdm
 
                 results = tqdm(results, total=len(tasks), desc="figures", leave=False)
             results = list(results)
-        else:
-            with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-                results = pool.map(_task, tasks, chunksize=1)
     finally:
         _SHARED.clear()
     done = [r for r in results if r is not None]
