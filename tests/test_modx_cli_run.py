@@ -23,11 +23,6 @@ from modx.runner import CRASH_EXIT  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def emoji_csv(tmp_path_factory):
-    return make_emoji_like(tmp_path_factory.mktemp("emoji") / "bench")
-
-
 def _tool(name: str) -> str:
     path = BIN / name
     return str(path) if path.exists() else name

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
-from modx_helpers import make_emoji_like, tiny_config, write_coco, write_karpathy, write_wds  # noqa: E402
+from modx_helpers import tiny_config, write_coco, write_karpathy, write_wds  # noqa: E402
 
 from modx.config import load_config  # noqa: E402
 from modx.data import filter_rows, load_source  # noqa: E402
@@ -15,11 +15,6 @@ from modx.data.items import ImageLoader, ItemSet, epoch_order  # noqa: E402
 from modx.data.wds import expand_braces  # noqa: E402
 from modx.errors import ConfigError, DataError  # noqa: E402
 from modx.plan import build_plan  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def emoji_csv(tmp_path_factory):
-    return make_emoji_like(tmp_path_factory.mktemp("emoji") / "bench")
 
 
 def test_csv_groups_captions_resolves_relative_paths_and_filters(emoji_csv):

@@ -13,16 +13,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 yaml = pytest.importorskip("yaml")
 
-from modx_helpers import make_emoji_like, tiny_config  # noqa: E402
+from modx_helpers import tiny_config  # noqa: E402
 
 from modx.config import load_config  # noqa: E402
 from modx.runner import train  # noqa: E402
 from spatial_disorder.run import open_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def emoji_csv(tmp_path_factory):
-    return make_emoji_like(tmp_path_factory.mktemp("emoji") / "bench")
 
 
 def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
