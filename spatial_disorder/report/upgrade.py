@@ -60,7 +60,8 @@ def recovery_curve(analysis, probe: str, n_probes: int = 1) -> ReportFigure | No
     if not len(sel):
         return None
     ref, last = str(sel["stage_a"].iloc[0]), str(sel["stage_b"].iloc[0])
-    fig = _figure(10.5, 3.6)
+    # a fixed frame (no layout engine: one draw per save); the gap leaves room for the right panel's label and ticks
+    fig = _figure(10.5, 3.6, {"left": 0.8, "right": 0.2, "bottom": 0.55, "top": 0.35, "gap": 0.95, "panels": 2})
     axes = fig.subplots(1, 2)
     styles = {"orthogonal": "-", "ridge": ":"}
     colors = {"t2i": MODALITY_COLORS["text"], "i2t": MODALITY_COLORS["image"], "text": MODALITY_COLORS["text"], "image": MODALITY_COLORS["image"]}
