@@ -89,7 +89,11 @@ def _metric_figure(summary: pd.DataFrame, names, probe: str, ref: int, n_stages:
         return None
     cols = 3
     rows = int(np.ceil(len(panels) / cols))
-    fig = _figure(4.0 * cols, 3.0 * rows + 0.3)
+    # a fixed frame (no layout engine: one draw per save): gaps leave room for each panel's labels and the next title
+    width, height, bottom, top, row_gap = 4.0 * cols, 3.0 * rows + 0.3, 0.55, 0.35, 0.9
+    fig = _figure(width, height, {"left": 0.75, "right": 0.2, "bottom": bottom, "top": top, "gap": 0.85, "panels": cols})
+    if rows > 1:
+        fig.subplots_adjust(hspace=row_gap / ((height - bottom - top - row_gap * (rows - 1)) / rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     x = np.arange(n_stages)
     series = names[1:] if diff else names
@@ -131,7 +135,7 @@ def _retrieval_figure(retrieval: pd.DataFrame, names, probe: str, n_stages: int)
     sel = retrieval[(retrieval["probe"].astype(str) == probe) & (retrieval["metric"] == "R@1")]
     if not len(sel):
         return None
-    fig = _figure(10, 3.6)
+    fig = _figure(10, 3.6, {"left": 0.75, "right": 0.2, "bottom": 0.55, "top": 0.35, "gap": 0.3, "panels": 2})
     axes = fig.subplots(1, 2, sharey=True)
     colors = color_cycle(len(names))
     parts = []
