@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import warnings
 from dataclasses import replace
 
 from . import figures as F
@@ -94,7 +95,10 @@ def render_figures(analysis, ref: str, last: str, formats=("png",), workers: int
         results = None
         if workers > 1:
             try:
-                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
+                with warnings.catch_warnings():  # Python 3.12+ warns about forking a process with threads (faiss, BLAS);
+                    # the workers only draw with matplotlib, on one BLAS thread each, and the analysis is over by now
+                    warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
+                    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
             except OSError:  # no processes to be had (limits): draw here instead
                 pool = None
             if pool is not None:
