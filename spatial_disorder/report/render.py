@@ -48,10 +48,15 @@ def build_figures(analysis, ref: str, last: str) -> list:
     return [f for f in out if f is not None]
 
 
+def can_fork() -> bool:
+    """Forked workers are safe on Linux and allowed outside daemonic processes (a multiprocessing pool's worker may not
+    have children)."""
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+
+
 def default_workers() -> int:
-    """Cores this process may use (at most 4), or 1 where forking is not safe or not allowed (a daemonic process, e.g.
-    a multiprocessing pool's worker, may not have children)."""
-    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
+    """Cores this process may use (at most 4), or 1 where workers cannot be forked."""
+    if not can_fork():
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
@@ -86,9 +91,10 @@ def _worker_init() -> None:
 
 def render_figures(analysis, ref: str, last: str, formats=("png",), workers: int | None = None, progress: bool = False):
     """(figures, rendered): the report's figures in page order (``figure`` set to None once encoded) and
-    key -> {format: bytes}. ``workers``: processes to draw in (default: the usable cores on Linux, else 1)."""
+    key -> {format: bytes}. ``workers``: processes to draw in (default: the usable cores; always 1 where workers cannot
+    be forked)."""
     tasks = [(probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
-    workers = default_workers() if workers is None else max(1, int(workers))
+    workers = default_workers() if workers is None else (max(1, int(workers)) if can_fork() else 1)
     workers = min(workers, max(1, len(tasks) // MIN_TASKS_PER_WORKER))
     _SHARED.update(analysis=analysis, ref=ref, last=last, n=len(analysis.probe_names), formats=tuple(formats))
     try:
