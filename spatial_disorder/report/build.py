@@ -86,14 +86,6 @@ def _ref(analysis, stages: list[str], ref=None) -> str:
     return str(ref)
 
 
-def build_figures(analysis, ref=None) -> list:
-    """Every figure of the report as matplotlib figures, in page order within each section (drawn from the analysis
-    alone, in this process; ``make_report`` draws and encodes them in worker processes instead, report/render.py)."""
-    stages = analysis.stages
-    ref = _ref(analysis, stages, ref)
-    return render.build_figures(analysis, ref, stages[-1] if stages else ref)
-
-
 def _overview(analysis, run, stages, probes, ref) -> str:
     meta = analysis.meta
     md = dict(run.metadata) if run is not None else {}

@@ -40,14 +40,6 @@ MIN_TASKS_PER_WORKER = 4  # below this a worker's start-up (tens of milliseconds
 _SHARED: dict = {}  # what forked workers inherit: the analysis and the report's settings
 
 
-def build_figures(analysis, ref: str, last: str) -> list:
-    """Every figure of the report as matplotlib figures, in page order (drawn in this process)."""
-    n = len(analysis.probe_names)
-    with report_style():
-        out = [build(analysis, probe, ref, last, n) for probe in analysis.probe_names for build in FIGURES]
-    return [f for f in out if f is not None]
-
-
 def can_fork() -> bool:
     """Forked workers are safe on Linux and allowed outside daemonic processes (a multiprocessing pool's worker may not
     have children)."""
