@@ -77,6 +77,7 @@ CROSS_STAGE_MAX_STAGES = 16  # the full matrix is written up to this many stages
 N_TRAJECTORY_ITEMS = 6
 # the run-level tables written to metrics.json (items and paired angles go to CSV only)
 JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories", "bridge_curve")
+FRAME_FIELDS = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories", "bridge_curve")
 CROSS_STAGE_COLUMNS = ["probe", "image_stage", "text_stage", "value", "ci_low", "ci_high", "queries"]
 TRAJECTORY_COLUMNS = ["probe", "modality", "item", "label", "stage", "x", "y", "step_deg", "explained_pct"]
 
@@ -203,6 +204,43 @@ class RunAnalysis:
         table = (ps.images if modality == "image" else ps.texts).drop(columns=["id"]).copy()
         table["row"] = np.arange(len(table))
         return sel.merge(table, on="row", how="left")
+
+    @classmethod
+    def combine(cls, parts: list[RunAnalysis]) -> RunAnalysis:
+        """One analysis from analyses of the same run, stages and settings over disjoint probe sets (``analyze_run(run,
+        probes=[p])`` for each p, e.g. to draw one set's figures while the next is analysed). Every table is the parts'
+        tables one after another, as ``analyze_run`` over all the sets writes them (the sets' metrics are independent and
+        every sample is seeded per set and modality), but ``continual``, whose "all" rows average over the sets, is computed
+        again; ``meta`` joins the per-set entries and adds up the timings."""
+        if not parts:
+            raise ValueError("combine needs at least one analysis")
+        names = [p for part in parts for p in part.probe_names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the analyses share probe sets: {names}")
+        tables = {}
+        for name in FRAME_FIELDS:
+            frames = [getattr(part, name) for part in parts]
+            full = [f for f in frames if len(f)]
+            tables[name] = pd.concat(full, ignore_index=True) if len(full) > 1 else (full[0] if full else frames[0]).reset_index(drop=True)
+        meta: dict = {}
+        for key in dict.fromkeys(k for part in parts for k in part.meta):
+            values = [part.meta.get(key) for part in parts]
+            if key == "probes":
+                meta[key] = names
+            elif key == "total_s":
+                meta[key] = round(sum(v or 0.0 for v in values), 3)
+            elif key == "timing_s":
+                meta[key] = {k: round(sum((v or {}).get(k, 0.0) for v in values), 3) for k in dict.fromkeys(k for v in values for k in (v or {}))}
+            elif all(isinstance(v, dict) for v in values) and any(v != values[0] for v in values):
+                meta[key] = {k: x for v in values for k, x in v.items()}  # per-set entries ("probe/modality" keys)
+            elif any(v != values[0] for v in values):
+                raise ValueError(f"the analyses differ in their setting {key!r}: {values}")
+            else:
+                meta[key] = values[0]
+        # the continual table's "all" rows average over every set: recomputed from the joined retrieval table
+        tables["continual"] = continual_from_retrieval(tables["retrieval"], [str(x) for x in meta.get("stages", [])], meta.get("learned_at"))
+        return cls(**tables, meta=meta, probes={k: v for part in parts for k, v in part.probes.items()},
+                   text_to_image={k: v for part in parts for k, v in part.text_to_image.items()})
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN -> None) of the meta and every run-level table (the per-item tables stay in CSV)."""
@@ -767,7 +805,8 @@ def analyze_run(
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     t = time.perf_counter()
     tables = _run_engine(engine, pairs, used, progress, learned, ref=ref_name if ref_name in used else None)
-    meta = _meta(engine, used, pairs, {"run": str(run.path), "ref": ref_name, "total_s": round(time.perf_counter() - t, 3)})
+    meta = _meta(engine, used, pairs, {"run": str(run.path), "ref": ref_name, "learned_at": learned,
+                                       "total_s": round(time.perf_counter() - t, 3)})
     return RunAnalysis(**tables, meta=meta, probes={p: run.probes[p] for p in names}, text_to_image=t2i)
 
 

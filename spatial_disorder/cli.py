@@ -83,35 +83,44 @@ def _cmd_validate(args) -> int:
     return 0
 
 
-def _analyse(run, args, ref=0):
-    from .analysis import analyze_run
-
+def _analysis_options(run, args, ref=0) -> dict:
+    """``analyze_run`` keyword arguments from the command line, after the checks that need no analysis."""
     if args.k < 1:
         raise InputError(f"--k must be at least 1, not {args.k}")
     if len(run.stages) == 1:  # nothing to compare: refuse rather than write a report of empty sections
         raise InputError(f"{run.path}: the run holds one stage ({run.stages[0]!r}); sd-analyze compares stages, so it needs at "
                          "least two (append one with RunWriter.open(RUN).write_stage)")
+    return dict(ref=ref, probes=args.probe or None, k=args.k, fast=args.fast, backend=args.backend, seed=args.seed,
+                progress=_interactive())
+
+
+def _analyse(run, args, ref=0):
+    from .analysis import analyze_run
+
+    options = _analysis_options(run, args, ref)
     try:
-        return analyze_run(run, ref=ref, probes=args.probe or None, k=args.k, fast=args.fast, backend=args.backend, seed=args.seed,
-                           progress=_interactive())
+        return analyze_run(run, **options)
     except KeyError as exc:  # unknown stage name or index
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
 
 
 def _cmd_analyze(args) -> int:
-    from .report import make_report
+    from .report.pipeline import analyze_and_report
     from .run import open_run
 
     t = time.perf_counter()
     run = open_run(args.run_dir)
-    ref = _stage_arg(args.ref)
-    analysis = _analyse(run, args, ref)
-    t_report = time.perf_counter()
-    report = make_report(analysis, run, svg=args.svg, progress=_interactive(), all_items=args.all_items)
-    out = report.write(Path(args.out) if args.out else run.path / "report")
-    print(report.summary_text)
-    print(f"backend {analysis.meta.get('backend')}, k={analysis.meta.get('k')}, fast={analysis.meta.get('fast')}; "
-          f"{len(report.figures)} figures; analysis {t_report - t:.1f} s, report {time.perf_counter() - t_report:.1f} s")
+    options = _analysis_options(run, args, _stage_arg(args.ref))
+    try:  # figures of a finished probe set are drawn while the next set is analysed (report/pipeline.py)
+        done = analyze_and_report(run, png=args.png, all_items=args.all_items, **options)
+    except KeyError as exc:  # unknown stage name or index
+        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
+    t_write = time.perf_counter()
+    out = done.report.write(Path(args.out) if args.out else run.path / "report")
+    meta = done.analysis.meta
+    print(done.report.summary_text)
+    print(f"backend {meta.get('backend')}, k={meta.get('k')}, fast={meta.get('fast')}; {len(done.report.figures)} figures; "
+          f"analysis {t_write - t - done.report_s:.1f} s, report {done.report_s + time.perf_counter() - t_write:.1f} s")
     print(f"report: {out / 'index.html'}")
     return 0
 
@@ -124,7 +133,7 @@ def _cmd_compare(args) -> int:
     runs = [open_run(p) for p in args.runs]
     check_same_items(runs)  # refuse before any work
     analyses = [_analyse(run, args, _stage_arg(args.ref)) for run in runs]
-    report = compare_runs(runs, analyses, svg=args.svg)
+    report = compare_runs(runs, analyses, png=args.png)
     names = run_names(runs)
     out = Path(args.out) if args.out else runs[0].path / f"compare-{'-'.join(names[1:])}"
     out = report.write(out)
@@ -267,7 +276,8 @@ def _add_analysis_options(p: argparse.ArgumentParser, ref: bool = True, report: 
     p.add_argument("--backend", default="auto", help="neighbour search: auto, faiss, faiss-ivf, torch, numpy")
     p.add_argument("--seed", type=int, default=0, help="seed of every sampled subset (default 0)")
     if report:
-        p.add_argument("--svg", action="store_true", help="also write every figure as SVG (PNG is always written)")
+        p.add_argument("--png", action="store_true", help="also write every figure as PNG (SVG is always written and embedded)")
+        p.add_argument("--svg", action="store_true", help=argparse.SUPPRESS)  # SVG is always written now; kept so old scripts run
 
 
 def build_parser() -> argparse.ArgumentParser:

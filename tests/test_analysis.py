@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from spatial_disorder import open_run
@@ -153,6 +153,7 @@ def test_common_rotation_leaves_cross_metrics_unchanged(seed, angle):
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000))
+@example(seed=151)  # a fitted angle of 59.2586 degrees that differs by 7e-5 between the two orders (float32 rounding)
 def test_swapping_stages_respects_each_metrics_symmetry(seed):
     img, txt, t2i = pair_data(n=24, caps=2, d=6, seed=seed)
     rng = np.random.default_rng(seed + 7)
@@ -170,8 +171,8 @@ def test_swapping_stages_respects_each_metrics_symmetry(seed):
                 assert value == pytest.approx(g[swap[name]], abs=1e-9), name
             elif info is None or info.symmetry == "none":
                 continue
-            elif info.symmetry == "symmetric":
-                assert value == pytest.approx(g[name], rel=1e-6, abs=1e-5), name
+            elif info.symmetry == "symmetric":  # to float32 rounding: the engine holds unit rows in float32
+                assert value == pytest.approx(g[name], rel=1e-5, abs=1e-5), name
             else:
                 assert value == pytest.approx(-g[name], rel=1e-6, abs=1e-5), name
 

@@ -59,8 +59,8 @@ def test_analyze_writes_report_into_the_run(runs, capsys):
     assert "rotation_mean_deg" in out and "report:" in out
     rep = runs["a"] / "report"
     assert (rep / "index.html").is_file() and (rep / "metrics.json").is_file()
-    assert list((rep / "tables").glob("*.csv")) and list((rep / "figures").glob("*.png"))
-    assert not list((rep / "figures").glob("*.svg"))  # SVG only with --svg
+    assert list((rep / "tables").glob("*.csv")) and list((rep / "figures").glob("*.svg"))
+    assert not list((rep / "figures").glob("*.png"))  # PNG only with --png
     assert json.loads((rep / "metrics.json").read_text())["settings"]["k"] == 5
 
 

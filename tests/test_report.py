@@ -56,8 +56,9 @@ def test_report_writes_every_file(planted, tmp_path):
     for key in ("retrieval_val", "r1_heatmap_val", "rotation_hist_val", "rotation_heatmap_val", "procrustes_spectra_val",
                 "trajectories_val", "overlap_heatmap_val", "rotation_scatter_val", "paired_angle_val", "flips_val", "topology_val"):
         assert key in keys, key
-        assert (out / "figures" / f"{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list((out / "figures").glob("*.svg"))  # SVG only on request
+        ET.parse(out / "figures" / f"{key}.svg")  # well-formed SVG, embedded in the page too
+        assert f"id='fig-{key}'><img" in (out / "index.html").read_text()
+    assert not list((out / "figures").glob("*.png"))  # PNG only on request
     csv = pd.read_csv(out / "tables" / "summary.csv")
     assert len(csv) == len(analysis.summary)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
@@ -142,13 +143,13 @@ def test_flipped_items_known_answer(tmp_path):
     assert lost.set_index("row").loc[row, "caption"] == f"caption {row}"
 
 
-def test_svg_written_on_request(planted, tmp_path):
-    run, analysis, _ = planted
-    out = make_report(analysis, run, svg=True).write(tmp_path / "svg")
-    svgs = list((out / "figures").glob("*.svg"))
-    assert len(svgs) == len(list((out / "figures").glob("*.png"))) > 0
-    for f in svgs:
-        ET.parse(f)  # well-formed SVG
+def test_png_written_on_request(planted, tmp_path):
+    run, analysis, report = planted
+    out = make_report(analysis, run, png=True).write(tmp_path / "png")
+    pngs = sorted(p.stem for p in (out / "figures").glob("*.png"))
+    assert pngs == sorted(p.stem for p in (out / "figures").glob("*.svg")) == sorted(f.key for f in report.figures)
+    assert all((out / "figures" / f"{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for k in pngs)
+    assert (out / "index.html").read_text().count("data:image/svg+xml;base64,") == len(pngs)  # the page embeds the SVGs
 
 
 def test_compare_side_by_side(tmp_path):
@@ -161,7 +162,7 @@ def test_compare_side_by_side(tmp_path):
     assert row["modx - base"] == pytest.approx(15.0, abs=1e-3)
     out = rep.write(tmp_path / "cmp")
     assert (out / "index.html").is_file() and (out / "tables" / "compare_summary.csv").is_file()
-    assert any(p.suffix == ".png" for p in (out / "figures").iterdir())
+    assert any(p.suffix == ".svg" for p in (out / "figures").iterdir())
 
 
 def test_compare_refuses_different_probe_sets(tmp_path):

@@ -2,7 +2,7 @@
 
 >>> analysis = analyze_run(run)
 >>> report = make_report(analysis, run)
->>> report.write("runs/demo/report")       # index.html, metrics.json, tables/*.csv, figures/*.png|svg
+>>> report.write("runs/demo/report")       # index.html, metrics.json, tables/*.csv, figures/*.svg (and *.png with png=True)
 """
 
 from __future__ import annotations

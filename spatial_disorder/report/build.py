@@ -54,10 +54,15 @@ class Report:
     metrics: dict
     tables: dict[str, pd.DataFrame]
     figures: list = field(default_factory=list)  # [ReportFigure]
-    rendered: dict = field(default_factory=dict)  # key -> {"png": bytes, "svg": bytes}
+    rendered: dict = field(default_factory=dict)  # key -> {"svg": bytes, "png": bytes (on request)}
     summary_text: str = ""
+    # tables/*.csv and metrics.json as encoded by make_report (while the figures were drawn); empty it to re-encode
+    # after editing ``tables`` or ``metrics``
+    encoded: dict = field(default_factory=dict, repr=False)
 
     def files(self) -> dict[str, bytes]:
+        if self.encoded:
+            return {**report_files(self.html, {}, self.rendered), **self.encoded}
         return report_files(self.html, self.tables, self.rendered, {"metrics.json": dumps(self.metrics)})
 
     def write(self, out) -> Path:
@@ -123,22 +128,38 @@ def _section_table(analysis, metrics: list[str], ref: str, last: str) -> pd.Data
     return wide
 
 
-def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips: bool = True, svg: bool = False,
-                progress: bool = False, all_items: bool = False, workers: int | None = None) -> Report:
+def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips: bool = True, png: bool = False,
+                progress: bool = False, all_items: bool = False, workers: int | None = None,
+                drawer: render.FigureDrawer | None = None) -> Report:
     """Build the report of ``analysis``; ``run`` (optional) adds its metadata and probe sizes to the overview.
 
     ``ref`` is the reference stage (name or index into the analysed stages); by default the analysis' own.
-    Figures are rendered once as PNG (embedded in the page and written under figures/); ``svg`` also writes SVG.
+    Figures are rendered once as SVG (embedded in the page and written under figures/); ``png`` also writes PNG.
     ``tables/items.csv`` and ``tables/paired.csv`` hold the report's pair (``ref`` -> last stage) only, or every
     analysed pair and stage with ``all_items`` (tables.csv_tables). ``workers``: processes the figures are drawn in
-    (default: the usable cores on Linux; 1 draws them here; report/render.py).
+    (default: the usable cores on Linux; 1 draws them here; report/render.py). ``drawer``: a ``render.FigureDrawer``
+    that already holds the analysis' figures, queued set by set while it was computed (pipeline.py); it must have been
+    made with this report's reference stage, last stage and formats.
     """
     stages = analysis.stages
     probes = analysis.probe_names
     ref = _ref(analysis, stages, ref)
     last = stages[-1] if stages else ref
-    formats = ("png", "svg") if svg else ("png",)
-    figs, rendered = render.render_figures(analysis, ref, last, formats, workers=workers, progress=progress)
+    formats = F.figure_formats(png)
+    if drawer is None:
+        drawer = render.FigureDrawer(ref, last, len(probes), formats, workers, progress)
+        drawer.add(analysis)
+    elif (drawer.ref, drawer.last, drawer.formats, drawer.n_probes) != (ref, last, formats, len(probes)):
+        drawer.close()
+        raise ValueError(f"the drawer was made for stages {drawer.ref} -> {drawer.last}, formats {drawer.formats} and "
+                         f"{drawer.n_probes} probe sets, not {ref} -> {last}, {formats} and {len(probes)}")
+
+    def data_files():  # the tables and metrics.json, encoded while the figures are drawn
+        tables, doc = csv_tables(analysis, ref, last, all_items), metrics_document(analysis, run_info(run))
+        encoded = {k: v for k, v in report_files("", tables, {}, {"metrics.json": dumps(doc)}).items() if k != "index.html"}
+        return tables, doc, encoded
+
+    figs, rendered, (tables, doc, encoded) = drawer.finish(meanwhile=data_files)
 
     names = list(dict.fromkeys(analysis.summary["metric"])) if len(analysis.summary) else []
     sections, shown = [], set()
@@ -146,7 +167,7 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
         heading, intro = SECTION_TITLES[key]
         metrics = [m for m in section_metrics(key) if m in names]
         shown.update(metrics)
-        sec = Section(key, heading, intro, [(f, rendered[f.key]["png"]) for f in figs if f.section == key])
+        sec = Section(key, heading, intro, [(f, rendered[f.key]["svg"]) for f in figs if f.section == key])
         if key == "upgrade":
             for probe in probes:
                 bridge_table = U.upgrade_table(analysis, probe, ref, last)
@@ -182,7 +203,6 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
             overview += ROTATION_NOTE
     from .._version import __version__
 
-    saved = "PNG and SVG" if svg else "PNG (SVG with --svg)"
+    saved = "SVG and PNG" if png else "SVG (PNG with --png)"
     html = page(title, overview, sections, footer=f"Written by spatial-disorder {__version__}. Figures are also saved as {saved} under figures/.")
-    doc = metrics_document(analysis, run_info(run))
-    return Report(title, html, doc, csv_tables(analysis, ref, last, all_items), figs, rendered, format_headline(head, ref, last))
+    return Report(title, html, doc, tables, figs, rendered, format_headline(head, ref, last), encoded)

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..jsonutil import records
 from ..metrics.registry import METRICS, flagged
 from ..run.compat import check_same_items as same_items
-from .figures import ReportFigure, _figure, render_figure, stage_order
+from .figures import ReportFigure, _figure, figure_formats, render_figure, stage_order
 from .html import Section, kv_table, page
 from .output import report_files, write_folder
 from .style import color_cycle, report_style
@@ -173,7 +173,7 @@ class CompareReport:
         return write_folder(out, self.files())
 
 
-def compare_runs(runs, analyses, svg: bool = False) -> CompareReport:
+def compare_runs(runs, analyses, png: bool = False) -> CompareReport:
     """Side-by-side comparison of analyses of runs with the same probe items and stage count."""
     if len(runs) < 2:
         raise InputError("compare needs at least two runs")
@@ -191,7 +191,7 @@ def compare_runs(runs, analyses, svg: bool = False) -> CompareReport:
                 _retrieval_figure(retrieval, names, probe, n_stages),
             ]
     figs = [f for f in figs if f is not None]
-    rendered = {f.key: render_figure(f, ("png", "svg") if svg else ("png",)) for f in figs}
+    rendered = {f.key: render_figure(f, figure_formats(png)) for f in figs}
     overview = kv_table(
         [(name, f"{r.path} — stages: {', '.join(r.stages)}; mode: {r.metadata.get('mode', '?')}; model: {r.metadata.get('model', '?')}")
          for name, r in zip(names, runs)]
@@ -201,10 +201,10 @@ def compare_runs(runs, analyses, svg: bool = False) -> CompareReport:
     key_rows = summary[(summary["stage_a"] == 0) & (summary["stage_b"] == last)]
     sections = [
         Section("metrics", "Metrics across stages", "Each run against its own stage 0, and the differences to the first run.",
-                [(f, rendered[f.key]["png"]) for f in figs if f.key.startswith("compare_metrics") or f.key.startswith("compare_diff")],
+                [(f, rendered[f.key]["svg"]) for f in figs if f.key.startswith("compare_metrics") or f.key.startswith("compare_diff")],
                 tables=[(f"Stage 0 → {last}", key_rows)]),
         Section("retrieval", "Retrieval", "R@1 of every run at every stage.",
-                [(f, rendered[f.key]["png"]) for f in figs if f.key.startswith("compare_retrieval")],
+                [(f, rendered[f.key]["svg"]) for f in figs if f.key.startswith("compare_retrieval")],
                 tables=[("R@1 and rsum", retrieval[retrieval["metric"].isin(["R@1", "rsum"])])]),
     ]
     sections[0].definitions = definitions(sorted(set(key_rows["metric"])))

@@ -64,16 +64,28 @@ def stage_order(analysis) -> list[str]:
     return analysis.stages
 
 
+_LOOKUPS: dict = {}  # id(frame) -> (frame, {key: value}); a figure asks for dozens of single values
+
+
+def _lookup(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict:
+    """{(str of each key column...): value} for ``frame``, built once per frame (first row wins, as a filter would)."""
+    hit = _LOOKUPS.get((id(frame), columns))
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    keys = zip(*(frame[c].astype(str) for c in columns)) if len(frame) else iter(())
+    table: dict = {}
+    for key, value in zip(keys, frame["value"].to_numpy(dtype=float) if len(frame) else ()):
+        table.setdefault(key, float(value))
+    if len(_LOOKUPS) > 16:
+        _LOOKUPS.clear()
+    _LOOKUPS[(id(frame), columns)] = (frame, table)
+    return table
+
+
 def summary_value(summary: pd.DataFrame, metric: str, probe: str, modality: str, a: str, b: str) -> float:
     """One value of the tidy summary, or NaN when that combination was not computed."""
-    sel = summary[
-        (summary["metric"] == metric)
-        & (summary["probe"].astype(str) == probe)
-        & (summary["modality"] == modality)
-        & (summary["stage_a"].astype(str) == a)
-        & (summary["stage_b"].astype(str) == b)
-    ]
-    return float(sel["value"].iloc[0]) if len(sel) else float("nan")
+    table = _lookup(summary, ("metric", "probe", "modality", "stage_a", "stage_b"))
+    return table.get((str(metric), str(probe), str(modality), str(a), str(b)), float("nan"))
 
 
 def pair_matrix(summary: pd.DataFrame, metric: str, probe: str, modality: str, stages: list[str], symmetric: bool = True) -> np.ndarray:
@@ -496,8 +508,7 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
 
 
 def _retrieval_value(frame: pd.DataFrame, stage: str, direction: str, metric: str) -> float:
-    sel = frame[(frame["stage"].astype(str) == stage) & (frame["direction"] == direction) & (frame["metric"] == metric)]
-    return float(sel["value"].iloc[0]) if len(sel) else float("nan")
+    return _lookup(frame, ("stage", "direction", "metric")).get((str(stage), str(direction), str(metric)), float("nan"))
 
 
 def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
@@ -592,8 +603,14 @@ def trajectories(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None
                         fig, reading)
 
 
-def render_figure(fig: ReportFigure, formats=("png",)) -> dict[str, bytes]:
-    """Render a figure to PNG (and SVG when asked) bytes (the caller writes them atomically)."""
+def figure_formats(png: bool = False) -> tuple[str, ...]:
+    """What every figure is encoded as: SVG, embedded in the page (text stays text; about a third cheaper to draw than
+    a PNG, which rasterises every glyph), and PNG besides when asked."""
+    return ("svg", "png") if png else ("svg",)
+
+
+def render_figure(fig: ReportFigure, formats=("svg",)) -> dict[str, bytes]:
+    """Render a figure to bytes in each of ``formats`` (figure_formats; the caller writes them atomically)."""
     import io
 
     out = {}

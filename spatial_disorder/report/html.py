@@ -1,4 +1,4 @@
-"""One self-contained HTML page (inline CSS, figures as base64 PNG; no scripts, no network).
+"""One self-contained HTML page (inline CSS, figures as base64 SVG images; no scripts, no network).
 
 Everything that comes from data (names, captions, metadata values) goes through ``html.escape``.
 """
@@ -37,7 +37,7 @@ class Section:
     anchor: str
     title: str
     intro: str = ""
-    figures: list = field(default_factory=list)  # [(ReportFigure, png bytes)]
+    figures: list = field(default_factory=list)  # [(ReportFigure, svg bytes)]
     tables: list = field(default_factory=list)  # [(heading, DataFrame)]
     definitions: pd.DataFrame | None = None
     raw_html: str = ""  # already-escaped extra content
@@ -69,10 +69,12 @@ def kv_table(pairs) -> str:
     return f"<table>{rows}</table>"
 
 
-def figure_html(fig, png: bytes) -> str:
-    data = base64.b64encode(png).decode("ascii")
+def figure_html(fig, svg: bytes) -> str:
+    """A figure as an ``<img>`` of its SVG: a document of its own, so no two figures' ids can clash, and no script in
+    an image runs."""
+    data = base64.b64encode(svg).decode("ascii")
     return (
-        f"<figure id='fig-{escape(fig.key)}'><img alt='{escape(fig.title, quote=True)}' src='data:image/png;base64,{data}'>"
+        f"<figure id='fig-{escape(fig.key)}'><img alt='{escape(fig.title, quote=True)}' src='data:image/svg+xml;base64,{data}'>"
         f"<figcaption><b>{escape(fig.title)}</b><div class='reading'>{escape(fig.reading)}</div></figcaption></figure>"
     )
 
@@ -81,8 +83,8 @@ def section_html(section: Section) -> str:
     parts = [f"<section id='{escape(section.anchor)}'><h2>{escape(section.title)}</h2>"]
     if section.intro:
         parts.append(f"<p>{escape(section.intro)}</p>")
-    for fig, png in section.figures:
-        parts.append(figure_html(fig, png))
+    for fig, svg in section.figures:
+        parts.append(figure_html(fig, svg))
     if not section.figures and not section.tables and not section.raw_html:
         parts.append("<p class='note'>No figure: the analysis holds no values for this section.</p>")
     for heading, frame in section.tables:

@@ -2,19 +2,23 @@
 
 Drawing is the report's whole cost (matplotlib lays out ticks and text and rasterises each figure; nothing is
 computed), and figures are independent, so on Linux the tasks are shared among forked workers that inherit the
-analysis without copying it and send back only the encoded figures. The page order does not depend on the number
-of workers, and a figure drawn in a worker is byte-for-byte the one drawn in the main process. Elsewhere (macOS
-and Windows cannot fork safely), with one core, for a handful of figures, or with ``workers=1`` everything runs in
-this process.
+analysis without copying it and send back only the encoded figures. The workers can start before the analysis is
+over: ``FigureDrawer.add`` takes one probe set's analysis at a time, so a set's figures are drawn on the cores the
+analysis of the next set leaves idle (pipeline.py). The page order does not depend on the number of workers or on
+when the sets were added, and a figure drawn in a worker is byte-for-byte the one drawn in the main process.
+Elsewhere (macOS and Windows cannot fork safely), with one core, for a handful of figures, or with ``workers=1``
+everything is drawn in this process, in ``finish``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 
 from . import figures as F
@@ -37,7 +41,10 @@ FIGURES = (
     lambda a, p, ref, last, n: U.recovery_curve(a, p, n),
 )
 MIN_TASKS_PER_WORKER = 4  # below this a worker's start-up (tens of milliseconds) is not repaid
-_SHARED: dict = {}  # what forked workers inherit: the analysis and the report's settings
+# What forked workers inherit: the report's settings and the analyses added before the pool started, by part number
+# (a part added later travels pickled with its tasks, once per worker, and is kept there under its number).
+_SHARED: dict = {}
+_PARTS: dict = {}
 
 
 def can_fork() -> bool:
@@ -57,23 +64,42 @@ def default_workers() -> int:
     return max(1, min(4, cores))
 
 
-def _task(task: tuple[str, int]):
-    """Build one figure and encode it; the figure object stays behind (figure=None in what is returned)."""
-    probe, index = task
-    analysis, ref, last, n, formats = (_SHARED[k] for k in ("analysis", "ref", "last", "n", "formats"))
+def resolve_workers(workers: int | None) -> int:
+    """The drawing processes to use: ``workers`` (default: the usable cores), and 1 wherever workers cannot be forked."""
+    return default_workers() if workers is None else (max(1, int(workers)) if can_fork() else 1)
+
+
+def draw(analysis, probe: str, index: int, ref: str, last: str, n_probes: int, formats) -> tuple | None:
+    """Build one figure and encode it: (ReportFigure with ``figure`` None, {format: bytes}), or None when it has no data.
+    The figure object stays behind (dropping it frees it; clearing it would rebuild its axes first)."""
     with report_style():
-        fig = FIGURES[index](analysis, probe, ref, last, n)
+        fig = FIGURES[index](analysis, probe, ref, last, n_probes)
         if fig is None:
             return None
         rendered = F.render_figure(fig, formats)
-    fig.figure.clear()
     return replace(fig, figure=None), rendered
 
 
+def _task(task: tuple):
+    part, blob, probe, index = task
+    analysis = _PARTS.get(part)
+    if analysis is None:
+        analysis = _PARTS[part] = pickle.loads(blob)
+    return draw(analysis, probe, index, *(_SHARED[k] for k in ("ref", "last", "n", "formats")))
+
+
+WORKER_NICENESS = 10  # drawing yields to the analysis: with figures drawn while a run is analysed, it is the critical path
+
+
 def _worker_init() -> None:
-    """Ctrl-C is the parent's to handle (it stops the pool and prints one line), and one BLAS thread per worker: the
-    workers already use every core between them."""
+    """Ctrl-C is the parent's to handle (it stops the pool and prints one line); one BLAS thread per worker (the workers
+    already use every core between them); and a lower priority, so that a core the analysis needs goes to the analysis
+    (pipeline.py) and the workers take what it leaves (once it is over, everything)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):
+        pass
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -81,35 +107,82 @@ def _worker_init() -> None:
     threadpool_limits(limits=1)
 
 
-def render_figures(analysis, ref: str, last: str, formats=("png",), workers: int | None = None, progress: bool = False):
-    """(figures, rendered): the report's figures in page order (``figure`` set to None once encoded) and
-    key -> {format: bytes}. ``workers``: processes to draw in (default: the usable cores; always 1 where workers cannot
-    be forked)."""
-    tasks = [(probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
-    workers = default_workers() if workers is None else (max(1, int(workers)) if can_fork() else 1)
-    workers = min(workers, max(1, len(tasks) // MIN_TASKS_PER_WORKER))
-    _SHARED.update(analysis=analysis, ref=ref, last=last, n=len(analysis.probe_names), formats=tuple(formats))
-    try:
-        results = None
-        if workers > 1:
-            try:
-                with warnings.catch_warnings():  # Python 3.12+ warns about forking a process with threads (faiss, BLAS);
-                    # the workers only draw with matplotlib, on one BLAS thread each, and the analysis is over by now
-                    warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
-                    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
-            except OSError:  # no processes to be had (limits): draw here instead
-                pool = None
-            if pool is not None:
-                with pool:
-                    results = pool.map(_task, tasks, chunksize=1)
-        if results is None:
-            results = map(_task, tasks)
-            if progress:
-                from tqdm.auto import tqdm
+class FigureDrawer:
+    """The figures of a report in page order, drawn by forked workers while the caller goes on, or here in ``finish``.
 
-                results = tqdm(results, total=len(tasks), desc="figures", leave=False)
-            results = list(results)
-    finally:
+    ``add(analysis)`` queues the figures of every probe set of ``analysis`` (the whole analysis, or one set's part with
+    ``more=True`` while the caller analyses the next); ``finish()`` returns (figures, rendered, extra): the figures in page
+    order (``figure`` None once encoded), key -> {format: bytes}, and what ``meanwhile()`` returned. ``workers``:
+    processes to draw in (default: the usable cores; always 1 where workers cannot be forked). Use it as a context
+    manager so that the workers stop if the caller fails before ``finish``.
+    """
+
+    def __init__(self, ref: str, last: str, n_probes: int, formats=("svg",), workers: int | None = None, progress: bool = False):
+        self.ref, self.last, self.n_probes, self.formats, self.progress = ref, last, n_probes, tuple(formats), progress
+        self.workers = min(resolve_workers(workers), max(1, n_probes * len(FIGURES) // MIN_TASKS_PER_WORKER))
+        self._pool = None
+        self._inherited = None  # the part the workers were forked with
+        self._parts: list = []  # the analyses added, in page order (a part's number is its place here)
+        self._pending: list = []  # the workers' results, one AsyncResult per part
+
+    def add(self, analysis, more: bool = False) -> None:
+        """Queue the figures of ``analysis``'s probe sets (drawn now in the workers, if any); ``more``: other parts follow."""
+        part = len(self._parts)
+        self._parts.append(analysis)
+        if self.workers > 1 and self._pool is None:
+            self._start(part, analysis)
+        if self._pool is not None:
+            blob = None if part == self._inherited else pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL)
+            tasks = [(part, blob, probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
+            self._pending.append(self._pool.map_async(_task, tasks, chunksize=1))
+
+    def _start(self, part: int, analysis) -> None:
+        _SHARED.update(ref=self.ref, last=self.last, n=self.n_probes, formats=self.formats)
+        _PARTS.clear()
+        _PARTS[part] = analysis  # inherited by the workers: its tasks carry no copy
+        self._inherited = part
+        try:
+            with warnings.catch_warnings():  # Python 3.12+ warns about forking a process with threads (faiss, BLAS);
+                # the workers only draw with matplotlib, on one BLAS thread each
+                warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
+                self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_worker_init)
+        except OSError:  # no processes to be had (limits): draw here instead
+            self._pool = None
+        finally:
+            _PARTS.clear()  # the parent keeps its parts in self._parts; the workers have their copy
+
+    def finish(self, meanwhile: Callable[[], object] | None = None) -> tuple[list, dict, object]:
+        """Wait for the figures (running ``meanwhile`` here first, while the workers draw) and return them in page order."""
+        try:
+            extra = meanwhile() if meanwhile is not None else None
+            if self._pool is not None:
+                results = [r for pending in self._pending for r in pending.get()]
+                self._pool.close()
+                self._pool.join()
+            else:
+                tasks = [(analysis, probe, i) for analysis in self._parts for probe in analysis.probe_names for i in range(len(FIGURES))]
+                results = (draw(a, probe, i, self.ref, self.last, self.n_probes, self.formats) for a, probe, i in tasks)
+                if self.progress:
+                    from tqdm.auto import tqdm
+
+                    results = tqdm(results, total=len(tasks), desc="figures", leave=False)
+                results = list(results)
+        finally:
+            self.close()
+        done = [r for r in results if r is not None]
+        return [f for f, _ in done], {f.key: rendered for f, rendered in done}, extra
+
+    def close(self) -> None:
+        """Stop the workers (if any are left) and forget the queued parts."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+        self._parts, self._pending = [], []
         _SHARED.clear()
-    done = [r for r in results if r is not None]
-    return [f for f, _ in done], {f.key: rendered for f, rendered in done}
+
+    def __enter__(self) -> FigureDrawer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

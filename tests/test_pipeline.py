@@ -1,0 +1,106 @@
+"""Set-by-set analysis with figures drawn meanwhile (report/pipeline.py) gives the report of one whole analysis."""
+
+import json
+import multiprocessing
+
+import pandas as pd
+import pytest
+
+from spatial_disorder.analysis import FRAME_FIELDS, RunAnalysis, analyze_run
+from spatial_disorder.cli import main
+from spatial_disorder.report import make_report, render
+from spatial_disorder.report import pipeline as P
+from spatial_disorder.run import ProbeSet, open_run, write_run
+from spatial_disorder.synthetic import drifted_stages, structured_embeddings
+
+BOOKKEEPING = ("timing_s", "total_s")  # the only settings that differ between one analysis and its parts
+
+
+@pytest.fixture(scope="module")
+def three_sets(tmp_path_factory):
+    """Three probe sets of different sizes and drifts; the second is learned at stage 1 (so the continual table's
+    "all" rows average over sets with and without a task)."""
+    stages: dict = {}
+    probes = []
+    for p, (name, n, caps, deg) in enumerate((("old", 40, 2, 12.0), ("new", 30, 3, 4.0), ("held", 25, 1, 20.0))):
+        img, txt, t2i = structured_embeddings(n, caps, 16, seed=10 + p)
+        arrays, _, _ = drifted_stages(img, txt, 4, (deg, deg / 2), (deg / 3,), noise=0.05, seed=p)
+        for t, (i, x) in enumerate(arrays):
+            stages.setdefault(f"s{t}", {})[name] = {"image": i, "text": x}
+        probes.append(ProbeSet.from_captions(name, pd.DataFrame({"id": [f"{name}{i}" for i in range(n)]}),
+                                             [[f"{name} caption {c} of {i}" for c in range(caps)] for i in range(n)]))
+    path = write_run(tmp_path_factory.mktemp("pipe") / "run", probes, stages, metadata={"model": "toy", "learned_at": {"new": 1}})
+    return open_run(path)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_combining_the_sets_analyses_gives_the_analysis_of_every_set(three_sets, fast):
+    run = three_sets
+    whole = analyze_run(run, fast=fast, fast_queries=20, backend="numpy")
+    joined = RunAnalysis.combine([analyze_run(run, probes=[p], fast=fast, fast_queries=20, backend="numpy") for p in run.probes])
+    for name in FRAME_FIELDS:
+        pd.testing.assert_frame_equal(getattr(joined, name), getattr(whole, name), check_exact=True, obj=name)
+    assert {k: v for k, v in joined.meta.items() if k not in BOOKKEEPING} == {k: v for k, v in whole.meta.items() if k not in BOOKKEEPING}
+    assert joined.probe_names == list(run.probes) and set(joined.text_to_image) == set(run.probes)
+    assert (whole.continual["probe"] == "all").any()  # the rows combine has to compute again
+
+
+def test_combine_refuses_parts_that_overlap_or_disagree(three_sets):
+    run = three_sets
+    old = analyze_run(run, probes=["old"], backend="numpy")
+    with pytest.raises(ValueError, match="share probe sets"):
+        RunAnalysis.combine([old, old])
+    with pytest.raises(ValueError, match="setting 'k'"):
+        RunAnalysis.combine([old, analyze_run(run, probes=["new"], k=3, backend="numpy")])
+
+
+def test_the_pipelined_report_is_the_report_of_the_whole_analysis(three_sets, monkeypatch):
+    run = three_sets
+    added = []
+    real_add = render.FigureDrawer.add
+    monkeypatch.setattr(render.FigureDrawer, "add", lambda self, a, more=False: (added.append((a.probe_names, more)), real_add(self, a, more))[1])
+    done = P.analyze_and_report(run, backend="numpy", workers=2)
+    if render.can_fork():  # one set at a time, each drawn while the next one is analysed
+        assert added == [(["old"], True), (["new"], True), (["held"], False)]
+    reference = make_report(analyze_run(run, backend="numpy"), run, workers=1)
+    assert [f.key for f in done.report.figures] == [f.key for f in reference.figures]
+    assert done.report.rendered == reference.rendered  # byte for byte
+    got, want = done.report.files(), reference.files()
+    assert set(got) == set(want)
+    for name in got:
+        if name.startswith("tables/"):
+            assert got[name] == want[name], name
+    doc, ref_doc = json.loads(got["metrics.json"]), json.loads(want["metrics.json"])
+    for d in (doc, ref_doc):
+        d.pop("created")
+        for key in BOOKKEEPING:
+            d["settings"].pop(key)
+    assert doc == ref_doc
+    assert done.analysis_s > 0 and done.report_s > 0
+
+
+def test_a_drawer_stops_its_workers_when_the_caller_fails(three_sets):
+    if not render.can_fork():
+        pytest.skip("figures are drawn in worker processes only where they can be forked")
+    part = analyze_run(three_sets, probes=["old"], backend="numpy")
+    with pytest.raises(RuntimeError, match="analysis failed"):
+        with render.FigureDrawer(part.ref, part.stages[-1], 3, workers=2) as drawer:
+            drawer.add(part, more=True)
+            assert multiprocessing.active_children()
+            raise RuntimeError("analysis failed")  # e.g. the next set's arrays are unreadable
+    assert drawer._pool is None and not multiprocessing.active_children()
+
+
+def test_make_report_refuses_a_drawer_made_for_another_report(three_sets):
+    analysis = analyze_run(three_sets, backend="numpy")
+    drawer = render.FigureDrawer("s1", analysis.stages[-1], len(analysis.probe_names), workers=1)
+    with pytest.raises(ValueError, match="drawer was made for stages s1"):
+        make_report(analysis, three_sets, drawer=drawer)
+
+
+def test_cli_writes_png_on_request_and_still_accepts_the_old_svg_flag(three_sets, tmp_path):
+    assert main([str(three_sets.path), "--backend", "numpy", "--png", "--out", str(tmp_path / "png")]) == 0
+    figures = tmp_path / "png" / "figures"
+    assert sorted(p.stem for p in figures.glob("*.png")) == sorted(p.stem for p in figures.glob("*.svg")) != []
+    assert main([str(three_sets.path), "--backend", "numpy", "--svg", "--out", str(tmp_path / "svg")]) == 0
+    assert list((tmp_path / "svg" / "figures").glob("*.svg")) and not list((tmp_path / "svg" / "figures").glob("*.png"))
