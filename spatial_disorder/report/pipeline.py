@@ -45,26 +45,21 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
     names = list(run.probes) if probes is None else list(probes)
     t0 = time.perf_counter()
     small = all(run.probes[p].n_texts * run.dimension <= PIPELINE_MAX_VALUES for p in names if p in run.probes)
-    if len(names) < 2 or not small or render.resolve_workers(workers) < 2:
+    if len(names) < 2 or not small or "pairs" in analysis_options or render.resolve_workers(workers) < 2:
         analysis = analyze_run(run, probes=names, progress=progress, **analysis_options)
         t1 = time.perf_counter()
         report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, workers=workers)
         return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
-    formats = figure_formats(png)
-    parts, drawer = [], None
-    try:
+    # the default pairs (every stage against ref, and consecutive stages) use every stage: the last one is the run's
+    ref, last = run.stage_name(analysis_options.get("ref", 0)), run.stages[-1]
+    with render.FigureDrawer(ref, last, len(names), figure_formats(png), workers, progress).start() as drawer:
+        parts = []
         for i, name in enumerate(names):
             with threadpool_limits(limits=1):
                 part = analyze_run(run, probes=[name], progress=progress, **analysis_options)
             parts.append(part)
-            if drawer is None:
-                drawer = render.FigureDrawer(part.ref, part.stages[-1] if part.stages else part.ref, len(names), formats, workers,
-                                             progress)
             drawer.add(part, more=i < len(names) - 1)
         analysis = RunAnalysis.combine(parts)
         t1 = time.perf_counter()
         report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, drawer=drawer)
-    finally:
-        if drawer is not None:
-            drawer.close()
     return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)

@@ -102,9 +102,24 @@ def _worker_init() -> None:
         pass
     try:
         from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
     except ImportError:
-        return
-    threadpool_limits(limits=1)
+        pass
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Import matplotlib and draw one tiny figure (fonts loaded and cached), so that a worker started before the first
+    probe set is analysed has done this while the analysis ran, not on the first figure it is given."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    with report_style():
+        fig = Figure(figsize=(1, 1))
+        fig.subplots().set_title("0")
+        fig.savefig(io.BytesIO(), format="svg")
 
 
 class FigureDrawer:
@@ -125,6 +140,13 @@ class FigureDrawer:
         self._parts: list = []  # the analyses added, in page order (a part's number is its place here)
         self._pending: list = []  # the workers' results, one AsyncResult per part
 
+    def start(self) -> FigureDrawer:
+        """Start the workers now, before the first probe set is analysed, so that they load matplotlib meanwhile (the
+        sets then all travel pickled); otherwise they start at the first ``add`` and inherit that set."""
+        if self.workers > 1 and self._pool is None:
+            self._start(None, None)
+        return self
+
     def add(self, analysis, more: bool = False) -> None:
         """Queue the figures of ``analysis``'s probe sets (drawn now in the workers, if any); ``more``: other parts follow."""
         part = len(self._parts)
@@ -136,11 +158,12 @@ class FigureDrawer:
             tasks = [(part, blob, probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
             self._pending.append(self._pool.map_async(_task, tasks, chunksize=1))
 
-    def _start(self, part: int, analysis) -> None:
+    def _start(self, part: int | None, analysis) -> None:
         _SHARED.update(ref=self.ref, last=self.last, n=self.n_probes, formats=self.formats)
         _PARTS.clear()
-        _PARTS[part] = analysis  # inherited by the workers: its tasks carry no copy
-        self._inherited = part
+        if part is not None:
+            _PARTS[part] = analysis  # inherited by the workers: its tasks carry no copy
+            self._inherited = part
         try:
             with warnings.catch_warnings():  # Python 3.12+ warns about forking a process with threads (faiss, BLAS);
                 # the workers only draw with matplotlib, on one BLAS thread each
