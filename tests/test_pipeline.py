@@ -104,3 +104,11 @@ def test_cli_writes_png_on_request_and_still_accepts_the_old_svg_flag(three_sets
     assert sorted(p.stem for p in figures.glob("*.png")) == sorted(p.stem for p in figures.glob("*.svg")) != []
     assert main([str(three_sets.path), "--backend", "numpy", "--svg", "--out", str(tmp_path / "svg")]) == 0
     assert list((tmp_path / "svg" / "figures").glob("*.svg")) and not list((tmp_path / "svg" / "figures").glob("*.png"))
+
+
+@pytest.mark.parametrize("option", [["--ref", "s9"], ["--probe", "old", "--probe", "missing"]])
+def test_bad_options_of_a_several_set_run_give_one_error_line_before_any_analysis(three_sets, tmp_path, capsys, option):
+    assert main([str(three_sets.path), "--backend", "numpy", *option, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and option[-1] in err[0]
+    assert not (tmp_path / "r").exists()

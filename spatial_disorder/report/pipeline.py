@@ -44,14 +44,17 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
     while the analysis runs when there are several probe sets and workers to draw in (render.FigureDrawer)."""
     names = list(run.probes) if probes is None else list(probes)
     t0 = time.perf_counter()
-    small = all(run.probes[p].n_texts * run.dimension <= PIPELINE_MAX_VALUES for p in names if p in run.probes)
-    if len(names) < 2 or not small or "pairs" in analysis_options or render.resolve_workers(workers) < 2:
+    small = all(p in run.probes and run.probes[p].n_texts * run.dimension <= PIPELINE_MAX_VALUES for p in names)
+    try:  # the default pairs (every stage against ref, and consecutive stages) use every stage: the last is the run's
+        ref = run.stage_name(analysis_options.get("ref", 0))
+    except (KeyError, TypeError, ValueError, IndexError):
+        ref = None  # analyze_run says what is wrong with it
+    if ref is None or len(names) < 2 or not small or "pairs" in analysis_options or render.resolve_workers(workers) < 2:
         analysis = analyze_run(run, probes=names, progress=progress, **analysis_options)
         t1 = time.perf_counter()
         report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, workers=workers)
         return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
-    # the default pairs (every stage against ref, and consecutive stages) use every stage: the last one is the run's
-    ref, last = run.stage_name(analysis_options.get("ref", 0)), run.stages[-1]
+    last = run.stages[-1]
     with render.FigureDrawer(ref, last, len(names), figure_formats(png), workers, progress).start() as drawer:
         parts = []
         for i, name in enumerate(names):
