@@ -105,13 +105,13 @@ def _analyse(run, args, ref=0):
 
 
 def _cmd_analyze(args) -> int:
-    from .report.pipeline import analyze_and_report
+    from .pipeline import analyze_and_report
     from .run import open_run
 
     t = time.perf_counter()
     run = open_run(args.run_dir)
     options = _analysis_options(run, args, _stage_arg(args.ref))
-    try:  # figures of a finished probe set are drawn while the next set is analysed (report/pipeline.py)
+    try:  # figures of a finished probe set are drawn while the next set is analysed (spatial_disorder/pipeline.py)
         done = analyze_and_report(run, png=args.png, all_items=args.all_items, **options)
     except KeyError as exc:  # unknown stage name or index
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None

@@ -1,4 +1,4 @@
-"""Set-by-set analysis with figures drawn meanwhile (report/pipeline.py) gives the report of one whole analysis."""
+"""Set-by-set analysis with figures drawn meanwhile (spatial_disorder/pipeline.py) gives the report of one whole analysis."""
 
 import json
 import multiprocessing
@@ -6,10 +6,10 @@ import multiprocessing
 import pandas as pd
 import pytest
 
+from spatial_disorder import pipeline as P
 from spatial_disorder.analysis import FRAME_FIELDS, RunAnalysis, analyze_run
 from spatial_disorder.cli import main
 from spatial_disorder.report import make_report, render
-from spatial_disorder.report import pipeline as P
 from spatial_disorder.run import ProbeSet, open_run, write_run
 from spatial_disorder.synthetic import drifted_stages, structured_embeddings
 

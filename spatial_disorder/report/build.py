@@ -138,7 +138,7 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
     ``tables/items.csv`` and ``tables/paired.csv`` hold the report's pair (``ref`` -> last stage) only, or every
     analysed pair and stage with ``all_items`` (tables.csv_tables). ``workers``: processes the figures are drawn in
     (default: the usable cores on Linux; 1 draws them here; report/render.py). ``drawer``: a ``render.FigureDrawer``
-    that already holds the analysis' figures, queued set by set while it was computed (pipeline.py); it must have been
+    that already holds the analysis' figures, queued set by set while it was computed (spatial_disorder/pipeline.py); it must have been
     made with this report's reference stage, last stage and formats.
     """
     stages = analysis.stages

@@ -4,7 +4,7 @@ Drawing is the report's whole cost (matplotlib lays out ticks and text and raste
 computed), and figures are independent, so on Linux the tasks are shared among forked workers that inherit the
 analysis without copying it and send back only the encoded figures. The workers can start before the analysis is
 over: ``FigureDrawer.add`` takes one probe set's analysis at a time, so a set's figures are drawn on the cores the
-analysis of the next set leaves idle (pipeline.py). The page order does not depend on the number of workers or on
+analysis of the next set leaves idle (spatial_disorder/pipeline.py). The page order does not depend on the number of workers or on
 when the sets were added, and a figure drawn in a worker is byte-for-byte the one drawn in the main process.
 Elsewhere (macOS and Windows cannot fork safely), with one core, for a handful of figures, or with ``workers=1``
 everything is drawn in this process, in ``finish``.
@@ -94,7 +94,7 @@ WORKER_NICENESS = 10  # drawing yields to the analysis: with figures drawn while
 def _worker_init() -> None:
     """Ctrl-C is the parent's to handle (it stops the pool and prints one line); one BLAS thread per worker (the workers
     already use every core between them); and a lower priority, so that a core the analysis needs goes to the analysis
-    (pipeline.py) and the workers take what it leaves (once it is over, everything)."""
+    (spatial_disorder/pipeline.py) and the workers take what it leaves (once it is over, everything)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(WORKER_NICENESS)

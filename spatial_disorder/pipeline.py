@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 from threadpoolctl import threadpool_limits
 
-from ..analysis import RunAnalysis, analyze_run
-from . import render
-from .build import Report, make_report
-from .figures import figure_formats
+from .analysis import RunAnalysis, analyze_run
+from .report import Report, make_report, render
+from .report.figures import figure_formats
 
 # Sets are analysed while figures are drawn only when each holds at most this many caption values (captions x d): the
 # quickstart's sets hold 1,200 x 64; a COCO-test set (25,000 x 512) keeps both cores busy on its own.
