@@ -10,6 +10,8 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spatial_disorder.analysis import analyze_run
 from spatial_disorder.errors import InputError
@@ -256,3 +258,15 @@ def test_a_report_made_inside_a_pool_worker_draws_its_figures_there(planted):
     finally:
         _SHARED_WITH_POOL.clear()
     assert keys == [f.key for f in report.figures]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["m1", "m2"]), st.sampled_from([0, 1, "s2"]), st.floats(allow_nan=True)),
+                     max_size=12),
+       query=st.tuples(st.sampled_from(["m1", "m2", "m3"]), st.sampled_from([0, 1, "1", "s2"])))
+def test_lookup_reads_what_a_filter_of_the_frame_reads(rows, query):
+    frame = pd.DataFrame(rows, columns=["metric", "stage", "value"])
+    sel = frame[(frame["metric"].astype(str) == str(query[0])) & (frame["stage"].astype(str) == str(query[1]))] if len(frame) else frame
+    want = float(sel["value"].iloc[0]) if len(sel) else float("nan")
+    got = F.lookup(frame, ("metric", "stage"))(*query)
+    assert got == want or (np.isnan(got) and np.isnan(want))  # the first matching row, keys compared as text

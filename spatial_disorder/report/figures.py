@@ -6,6 +6,7 @@ on ``matplotlib.figure.Figure`` directly (no pyplot, no global figure registry, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,28 +65,27 @@ def stage_order(analysis) -> list[str]:
     return analysis.stages
 
 
-_LOOKUPS: dict = {}  # id(frame) -> (frame, {key: value}); a figure asks for dozens of single values
-
-
-def _lookup(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict:
-    """{(str of each key column...): value} for ``frame``, built once per frame (first row wins, as a filter would)."""
-    hit = _LOOKUPS.get((id(frame), columns))
-    if hit is not None and hit[0] is frame:
-        return hit[1]
-    keys = zip(*(frame[c].astype(str) for c in columns)) if len(frame) else iter(())
+def lookup(frame: pd.DataFrame, columns: tuple[str, ...]) -> Callable[..., float]:
+    """A function of the key ``columns``' values (compared as text) that returns the frame's ``value`` there, or NaN:
+    built in one pass over the frame, for a figure that reads dozens of single values (filtering the frame for each
+    cost more than drawing the figure). The first matching row wins, as a filter would take it."""
     table: dict = {}
-    for key, value in zip(keys, frame["value"].to_numpy(dtype=float) if len(frame) else ()):
-        table.setdefault(key, float(value))
-    if len(_LOOKUPS) > 16:
-        _LOOKUPS.clear()
-    _LOOKUPS[(id(frame), columns)] = (frame, table)
-    return table
+    if len(frame):
+        keys = zip(*(frame[c].astype(str) for c in columns))
+        for key, value in zip(keys, frame["value"].to_numpy(dtype=float)):
+            table.setdefault(key, float(value))
+    nan = float("nan")
+    return lambda *key: table.get(tuple(str(k) for k in key), nan)
+
+
+def summary_values(summary: pd.DataFrame) -> Callable[[str, str, str, str, str], float]:
+    """``value(metric, probe, modality, stage_a, stage_b)`` of the tidy summary, NaN where it was not computed."""
+    return lookup(summary, ("metric", "probe", "modality", "stage_a", "stage_b"))
 
 
 def summary_value(summary: pd.DataFrame, metric: str, probe: str, modality: str, a: str, b: str) -> float:
-    """One value of the tidy summary, or NaN when that combination was not computed."""
-    table = _lookup(summary, ("metric", "probe", "modality", "stage_a", "stage_b"))
-    return table.get((str(metric), str(probe), str(modality), str(a), str(b)), float("nan"))
+    """One value of the tidy summary, or NaN when that combination was not computed (``summary_values`` for many)."""
+    return summary_values(summary)(metric, probe, modality, a, b)
 
 
 def pair_matrix(summary: pd.DataFrame, metric: str, probe: str, modality: str, stages: list[str], symmetric: bool = True) -> np.ndarray:
@@ -151,9 +151,10 @@ def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> Re
     axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="stage pair")
     last = later[-1]
     parts = []
+    value = summary_values(analysis.summary)
     for mod in MODALITIES:
-        mean = summary_value(analysis.summary, "rotation_mean_deg", probe, mod, ref, last)
-        p90 = summary_value(analysis.summary, "rotation_p90_deg", probe, mod, ref, last)
+        mean = value("rotation_mean_deg", probe, mod, ref, last)
+        p90 = value("rotation_p90_deg", probe, mod, ref, last)
         if np.isfinite(mean):
             parts.append(f"{mod} embeddings rotate by {_fmt(mean)}° on average (90th percentile {_fmt(p90)}°)")
     reading = (
@@ -381,6 +382,7 @@ def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportF
     """Mean topology change against the reference stage and between consecutive stages."""
     stages = stage_order(analysis)
     s = analysis.summary
+    value = summary_values(s)
     sel = s[(s["metric"] == "topology_change_mean_deg") & (s["probe"].astype(str) == probe)]
     if not len(sel):
         return None
@@ -388,8 +390,8 @@ def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportF
     ax = fig.subplots()
     x = np.arange(len(stages))
     for mod in MODALITIES:
-        vs_ref = [summary_value(s, "topology_change_mean_deg", probe, mod, ref, st) if st != ref else 0.0 for st in stages]
-        cons = [np.nan] + [summary_value(s, "topology_change_mean_deg", probe, mod, a, b) for a, b in zip(stages[:-1], stages[1:])]
+        vs_ref = [value("topology_change_mean_deg", probe, mod, ref, st) if st != ref else 0.0 for st in stages]
+        cons = [np.nan] + [value("topology_change_mean_deg", probe, mod, a, b) for a, b in zip(stages[:-1], stages[1:])]
         ax.plot(x, vs_ref, marker="o", color=MODALITY_COLORS[mod], label=f"{mod}: against {ref}")
         ax.plot(x, cons, marker="s", linestyle="--", color=MODALITY_COLORS[mod], alpha=0.8, label=f"{mod}: previous stage")
     ax.set_xticks(x, stages)
@@ -397,8 +399,8 @@ def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportF
     ax.set_ylabel("mean topology change (degrees)")
     ax.legend(ncols=2)
     last = stages[-1]
-    vi = summary_value(s, "topology_change_mean_deg", probe, "image", ref, last)
-    vt = summary_value(s, "topology_change_mean_deg", probe, "text", ref, last)
+    vi = value("topology_change_mean_deg", probe, "image", ref, last)
+    vt = value("topology_change_mean_deg", probe, "text", ref, last)
     reading = (
         f"The angles between pairs of items change by {_fmt(vi)}° (image) and {_fmt(vt)}° (text) on average "
         f"from {ref} to {last}: this is distortion of the space that a global rotation cannot explain."
@@ -482,6 +484,7 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     sel, stages = _per_stage_rows(analysis, "retrieval", probe)
     if not stages:
         return None
+    value = lookup(sel, ("stage", "direction", "metric"))
     legend_w = legend_inches(["R@10"])
     fig = _figure(10, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "gap": 0.3, "panels": 2})
     axes = fig.subplots(1, 2, sharey=True)
@@ -489,7 +492,7 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     names = {"i2t": "image → text", "t2i": "text → image"}
     for ax, direction in zip(axes, ("i2t", "t2i")):
         for metric, color in zip(("R@1", "R@5", "R@10"), color_cycle(3)):
-            vals = [_retrieval_value(sel, s, direction, metric) for s in stages]
+            vals = [value(s, direction, metric) for s in stages]
             ax.plot(x, vals, marker="o", color=color, label=metric)
         ax.set_title(names[direction])
         ax.set_xticks(x, stages)
@@ -498,8 +501,8 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     axes[0].set_ylabel("recall (%)")
     # beside the panels, never over a curve
     fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1.0, 1 - 0.35 / 3.6))
-    a0, a1 = _retrieval_value(sel, stages[0], "i2t", "R@1"), _retrieval_value(sel, stages[-1], "i2t", "R@1")
-    b0, b1 = _retrieval_value(sel, stages[0], "t2i", "R@1"), _retrieval_value(sel, stages[-1], "t2i", "R@1")
+    a0, a1 = value(stages[0], "i2t", "R@1"), value(stages[-1], "i2t", "R@1")
+    b0, b1 = value(stages[0], "t2i", "R@1"), value(stages[-1], "t2i", "R@1")
     reading = (
         f"Image→text R@1 goes from {_fmt(a0)}% at {stages[0]} to {_fmt(a1)}% at {stages[-1]}, "
         f"text→image R@1 from {_fmt(b0)}% to {_fmt(b1)}%."
@@ -507,19 +510,16 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     return ReportFigure(f"retrieval_{probe}", "retrieval", f"Retrieval across stages{_probe_label(probe, n_probes)}", fig, reading)
 
 
-def _retrieval_value(frame: pd.DataFrame, stage: str, direction: str, metric: str) -> float:
-    return _lookup(frame, ("stage", "direction", "metric")).get((str(stage), str(direction), str(metric)), float("nan"))
-
-
 def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     s = analysis.summary
     stages = stage_order(analysis)
     pairs = [(a, b) for a, b in zip(stages[:-1], stages[1:])]
     have = {(a, b) for a, b in zip(s["stage_a"].astype(str), s["stage_b"].astype(str))}
-    pairs = [p for p in pairs if p in have and np.isfinite(summary_value(s, "flips_i2t_lost", probe, "cross", *p))]
+    value = summary_values(s)
+    pairs = [p for p in pairs if p in have and np.isfinite(value("flips_i2t_lost", probe, "cross", *p))]
     if not pairs:
         ref = stages[0]
-        pairs = [(ref, b) for b in stages[1:] if np.isfinite(summary_value(s, "flips_i2t_lost", probe, "cross", ref, b))]
+        pairs = [(ref, b) for b in stages[1:] if np.isfinite(value("flips_i2t_lost", probe, "cross", ref, b))]
     if not pairs:
         return None
     rotate = len(pairs) > 4
@@ -535,8 +535,8 @@ def flips_bars(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     totals = {}
     for off, direction in ((-width / 2, "i2t"), (width / 2, "t2i")):
         # flips are shares of the queried items (0-1), as in the registry, the tables, metrics.json and the gate
-        gained = np.array([summary_value(s, f"flips_{direction}_gained", probe, "cross", a, b) for a, b in pairs])
-        lost = np.array([summary_value(s, f"flips_{direction}_lost", probe, "cross", a, b) for a, b in pairs])
+        gained = np.array([value(f"flips_{direction}_gained", probe, "cross", a, b) for a, b in pairs])
+        lost = np.array([value(f"flips_{direction}_lost", probe, "cross", a, b) for a, b in pairs])
         label = "image → text" if direction == "i2t" else "text → image"
         ax.bar(x + off, gained, width, color=colors[direction], label=f"{label}: gained")
         ax.bar(x + off, -lost, width, color=colors[direction], alpha=0.45, hatch="//", label=f"{label}: lost")
@@ -604,8 +604,8 @@ def trajectories(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None
 
 
 def figure_formats(png: bool = False) -> tuple[str, ...]:
-    """What every figure is encoded as: SVG, embedded in the page (text stays text; about a third cheaper to draw than
-    a PNG, which rasterises every glyph), and PNG besides when asked."""
+    """What every figure is encoded as: SVG, embedded in the page (text stays text, and no glyph is rasterised, so it
+    is cheaper to draw than a PNG), and PNG besides when asked."""
     return ("svg", "png") if png else ("svg",)
 
 

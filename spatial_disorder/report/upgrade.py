@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .figures import ReportFigure, _figure, _fmt, _probe_label, summary_value
+from .figures import ReportFigure, _figure, _fmt, _probe_label, summary_values
 from .style import MODALITY_COLORS
 
 SETTINGS = (("old/old", "heldout_old_"), ("new/new", "heldout_new_"), ("cross (no map)", "cross_"), ("bridged old index", "bridge_"))
@@ -30,10 +30,10 @@ def upgrade_table(analysis, probe: str, ref: str, last: str) -> pd.DataFrame:
     Columns: setting, R@1 / R@5 / R@10 per direction (percent), recovery of the new model's R@1 and the BCT criterion
     (cross and bridged rows). Empty when the bridge family has no values for the pair.
     """
-    s = analysis.summary
+    values = summary_values(analysis.summary)
 
     def value(metric):
-        return summary_value(s, metric, probe, "cross", ref, last)
+        return values(metric, probe, "cross", ref, last)
 
     if not np.isfinite(value("bridge_t2i_R@1")):
         return pd.DataFrame()
