@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import os
 
 import pandas as pd
 import pytest
@@ -112,3 +113,24 @@ def test_bad_options_of_a_several_set_run_give_one_error_line_before_any_analysi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and option[-1] in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_worker_that_dies_costs_time_not_the_report(three_sets, monkeypatch, capsys):
+    if not render.can_fork():
+        pytest.skip("figures are drawn in worker processes only where they can be forked")
+    analysis = analyze_run(three_sets, backend="numpy")
+    reference = make_report(analysis, three_sets, workers=1)
+    parent = os.getpid()
+    real = render.FIGURES[3]
+
+    def dies_in_a_worker(*args):  # as a worker killed for memory would: no exception, no result
+        if os.getpid() != parent:
+            os._exit(1)
+        return real(*args)
+
+    monkeypatch.setattr(render, "FIGURES", render.FIGURES[:3] + (dies_in_a_worker,) + render.FIGURES[4:])
+    report = make_report(analysis, three_sets, workers=2)
+    assert "a figure worker died" in capsys.readouterr().err
+    assert [f.key for f in report.figures] == [f.key for f in reference.figures]
+    assert report.rendered == reference.rendered
+    assert not multiprocessing.active_children()

@@ -19,6 +19,8 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from . import figures as F
@@ -129,7 +131,8 @@ class FigureDrawer:
     ``more=True`` while the caller analyses the next); ``finish()`` returns (figures, rendered, extra): the figures in page
     order (``figure`` None once encoded), key -> {format: bytes}, and what ``meanwhile()`` returned. ``workers``:
     processes to draw in (default: the usable cores; always 1 where workers cannot be forked). Use it as a context
-    manager so that the workers stop if the caller fails before ``finish``.
+    manager so that the workers stop if the caller fails before ``finish``. A worker that dies (killed for memory, say)
+    does not hang or fail the report: the figures it had not sent back are drawn here, with a one-line warning.
     """
 
     def __init__(self, ref: str, last: str, n_probes: int, formats=("svg",), workers: int | None = None, progress: bool = False):
@@ -138,7 +141,8 @@ class FigureDrawer:
         self._pool = None
         self._inherited = None  # the part the workers were forked with
         self._parts: list = []  # the analyses added, in page order (a part's number is its place here)
-        self._pending: list = []  # the workers' results, one AsyncResult per part
+        self._tasks: list = []  # (analysis, probe, figure index) in page order
+        self._futures: list = []  # the workers' results, one per task, when there are workers
 
     def start(self) -> FigureDrawer:
         """Start the workers now, before the first probe set is analysed, so that they load matplotlib meanwhile (the
@@ -151,12 +155,13 @@ class FigureDrawer:
         """Queue the figures of ``analysis``'s probe sets (drawn now in the workers, if any); ``more``: other parts follow."""
         part = len(self._parts)
         self._parts.append(analysis)
+        tasks = [(analysis, probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
+        self._tasks += tasks
         if self.workers > 1 and self._pool is None:
             self._start(part, analysis)
         if self._pool is not None:
             blob = None if part == self._inherited else pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL)
-            tasks = [(part, blob, probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
-            self._pending.append(self._pool.map_async(_task, tasks, chunksize=1))
+            self._futures += [self._pool.submit(_task, (part, blob, probe, i)) for _, probe, i in tasks]
 
     def _start(self, part: int | None, analysis) -> None:
         _SHARED.update(ref=self.ref, last=self.last, n=self.n_probes, formats=self.formats)
@@ -168,7 +173,9 @@ class FigureDrawer:
             with warnings.catch_warnings():  # Python 3.12+ warns about forking a process with threads (faiss, BLAS);
                 # the workers only draw with matplotlib, on one BLAS thread each
                 warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
-                self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_worker_init)
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                                 initializer=_worker_init)
+                self._pool.submit(os.getpid)  # a fork pool forks every worker at its first task: now, with _PARTS as it is
         except OSError:  # no processes to be had (limits): draw here instead
             self._pool = None
         finally:
@@ -178,30 +185,35 @@ class FigureDrawer:
         """Wait for the figures (running ``meanwhile`` here first, while the workers draw) and return them in page order."""
         try:
             extra = meanwhile() if meanwhile is not None else None
-            if self._pool is not None:
-                results = [r for pending in self._pending for r in pending.get()]
-                self._pool.close()
-                self._pool.join()
-            else:
-                tasks = [(analysis, probe, i) for analysis in self._parts for probe in analysis.probe_names for i in range(len(FIGURES))]
-                results = (draw(a, probe, i, self.ref, self.last, self.n_probes, self.formats) for a, probe, i in tasks)
-                if self.progress:
-                    from tqdm.auto import tqdm
+            futures = self._futures if self._pool is not None else [None] * len(self._tasks)
+            here = (self._pool is None) and self.progress
+            steps = zip(self._tasks, futures)
+            if here:
+                from tqdm.auto import tqdm
 
-                    results = tqdm(results, total=len(tasks), desc="figures", leave=False)
-                results = list(results)
+                steps = tqdm(steps, total=len(self._tasks), desc="figures", leave=False)
+            results, broken = [], False
+            for (analysis, probe, i), future in steps:
+                if future is not None and not broken:
+                    try:
+                        results.append(future.result())
+                        continue
+                    except BrokenProcessPool:
+                        broken = True
+                        print("warning: a figure worker died (out of memory?); drawing the remaining figures in this process",
+                              file=sys.stderr)
+                results.append(draw(analysis, probe, i, self.ref, self.last, self.n_probes, self.formats))
         finally:
             self.close()
         done = [r for r in results if r is not None]
         return [f for f, _ in done], {f.key: rendered for f, rendered in done}, extra
 
     def close(self) -> None:
-        """Stop the workers (if any are left) and forget the queued parts."""
+        """Stop the workers (figures not yet started are dropped) and forget the queued parts."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        self._parts, self._pending = [], []
+        self._parts, self._tasks, self._futures = [], [], []
         _SHARED.clear()
 
     def __enter__(self) -> FigureDrawer:
