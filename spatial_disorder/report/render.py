@@ -140,7 +140,7 @@ class FigureDrawer:
         self.workers = min(resolve_workers(workers), max(1, n_probes * len(FIGURES) // MIN_TASKS_PER_WORKER))
         self._pool = None
         self._inherited = None  # the part the workers were forked with
-        self._parts: list = []  # the analyses added, in page order (a part's number is its place here)
+        self._added = 0  # analyses added so far (a part's number is its place among them)
         self._tasks: list = []  # (analysis, probe, figure index) in page order
         self._futures: list = []  # the workers' results, one per task, when there are workers
 
@@ -153,8 +153,7 @@ class FigureDrawer:
 
     def add(self, analysis, more: bool = False) -> None:
         """Queue the figures of ``analysis``'s probe sets (drawn now in the workers, if any); ``more``: other parts follow."""
-        part = len(self._parts)
-        self._parts.append(analysis)
+        part, self._added = self._added, self._added + 1
         tasks = [(analysis, probe, i) for probe in analysis.probe_names for i in range(len(FIGURES))]
         self._tasks += tasks
         if self.workers > 1 and self._pool is None:
@@ -179,7 +178,7 @@ class FigureDrawer:
         except OSError:  # no processes to be had (limits): draw here instead
             self._pool = None
         finally:
-            _PARTS.clear()  # the parent keeps its parts in self._parts; the workers have their copy
+            _PARTS.clear()  # the parent keeps its parts in self._tasks; the workers have their copy
 
     def finish(self, meanwhile: Callable[[], object] | None = None) -> tuple[list, dict, object]:
         """Wait for the figures (running ``meanwhile`` here first, while the workers draw) and return them in page order."""
@@ -213,7 +212,7 @@ class FigureDrawer:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        self._parts, self._tasks, self._futures = [], [], []
+        self._tasks, self._futures = [], []
         _SHARED.clear()
 
     def __enter__(self) -> FigureDrawer:
