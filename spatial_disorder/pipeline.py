@@ -1,19 +1,23 @@
-"""Analyse a run and build its report in one go, drawing each probe set's figures while the next set is analysed.
+"""Analyse a run and build its report in one go, with the report's worker processes analysing probe sets too.
 
-At the scale of a quick run (hundreds of images per probe set) the analysis keeps one core busy: its products are too
-small for a second BLAS thread to help (the quickstart's analysis takes as long on one BLAS thread as on two).
-Drawing is the report's whole cost, so with several such probe sets the run is analysed set by set
-(``analyze_run(run, probes=[p])``, on one BLAS thread, which must not compete with the drawing workers: spinning
-BLAS threads on busy cores made the analysis twice as slow) and each finished set's figures are drawn by forked
-workers (render.FigureDrawer) on the cores the analysis leaves idle. Larger sets, whose products do use every core,
-are analysed first and drawn after, as ``make_report`` does. ``RunAnalysis.combine`` joins the sets' analyses into
-the analysis ``analyze_run`` gives over all of them (tests/test_pipeline.py checks table for table), so the report is
-the one ``make_report`` writes from that analysis.
+At the scale of a quick run (hundreds of images per probe set) an analysis keeps one core busy: its products are too
+small for a second BLAS thread to help (the quickstart's analysis takes as long on one BLAS thread as on two), and
+drawing the figures costs more CPU than the analysis. So with several such probe sets the drawing workers
+(render.FigureDrawer) are started first, with matplotlib already loaded for them to inherit, and the run is analysed
+set by set (``analyze_run(run, probes=[p])``, one BLAS thread each: spinning BLAS threads on busy cores made the
+analysis twice as slow): the first set here, the others in the workers. While this process waits for a worker's set
+it draws the finished sets' figures that no worker has started (``FigureDrawer.draw_until``), and a set no worker
+has started yet it analyses itself, so no core waits while there is work. A set a worker fails on (or dies on) is
+analysed here again, where its error, if it has one, is raised with its one-line message. Larger sets, whose
+products do use every core, are analysed first and drawn after, as ``make_report`` does. ``RunAnalysis.combine``
+joins the sets' analyses into the analysis ``analyze_run`` gives over all of them (tests/test_pipeline.py checks
+table for table), so the report is the one ``make_report`` writes from that analysis.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from threadpoolctl import threadpool_limits
@@ -33,8 +37,8 @@ class AnalysedRun:
 
     analysis: RunAnalysis
     report: Report
-    analysis_s: float  # until the last probe set was analysed (earlier sets' figures were drawn meanwhile)
-    report_s: float  # the rest: the last set's figures, the tables, metrics.json and the page
+    analysis_s: float  # until every probe set was analysed (some figures may have been drawn meanwhile)
+    report_s: float  # the rest: the figures still to draw, the tables, metrics.json and the page
 
 
 def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = False, all_items: bool = False,
@@ -54,14 +58,49 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
         report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, workers=workers)
         return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
     last = run.stages[-1]
-    with render.FigureDrawer(ref, last, len(names), figure_formats(png), workers, progress).start() as drawer:
-        parts = []
-        for i, name in enumerate(names):
-            with threadpool_limits(limits=1):
-                part = analyze_run(run, probes=[name], progress=progress, **analysis_options)
-            parts.append(part)
-            drawer.add(part, more=i < len(names) - 1)
-        analysis = RunAnalysis.combine(parts)
-        t1 = time.perf_counter()
-        report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, drawer=drawer)
+    _FORKED.update(run=run, options=analysis_options)  # what the workers inherit to analyse sets with
+    try:
+        with render.FigureDrawer(ref, last, len(names), figure_formats(png), workers, progress).start() as drawer:
+            _FORKED.clear()
+            queued = {name: drawer.call(_analyse_set, name) for name in names[1:]}
+            parts = []
+            for i, name in enumerate(names):
+                part = _collect(queued.get(name), drawer)
+                if part is None:  # the first set, a set no worker has started yet, or one a worker failed on
+                    with threadpool_limits(limits=1):
+                        part = analyze_run(run, probes=[name], progress=progress, **analysis_options)
+                parts.append(part)
+                drawer.add(part, more=i < len(names) - 1)
+            analysis = RunAnalysis.combine(parts)
+            t1 = time.perf_counter()
+            report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, drawer=drawer)
+    finally:
+        _FORKED.clear()
     return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
+
+
+# The run and analysis options, set while the drawing workers are forked so that they can analyse probe sets too.
+_FORKED: dict = {}
+
+
+def _analyse_set(name: str) -> RunAnalysis | None:
+    """In a worker: one probe set's analysis, or None if it failed (the caller then analyses the set itself, and any
+    error is raised there, with its one-line message)."""
+    try:
+        return analyze_run(_FORKED["run"], probes=[name], **_FORKED["options"])
+    except Exception:
+        return None
+
+
+def _collect(future, drawer: render.FigureDrawer) -> RunAnalysis | None:
+    """A queued set's analysis, the earlier sets' figures drawn here meanwhile: None when there is no future, when no
+    worker had started it (cancelled, to be done by the caller now instead of waiting), or when the worker failed or
+    died."""
+    if future is None or future.cancel():
+        return None
+    drawer.draw_until(future)
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        drawer.lost_a_worker()
+        return None

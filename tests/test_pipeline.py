@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+from concurrent.futures import Future
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from spatial_disorder import pipeline as P
 from spatial_disorder.analysis import FRAME_FIELDS, RunAnalysis, analyze_run
 from spatial_disorder.cli import main
+from spatial_disorder.errors import InputError
 from spatial_disorder.report import make_report, render
 from spatial_disorder.run import ProbeSet, open_run, write_run
 from spatial_disorder.synthetic import drifted_stages, structured_embeddings
@@ -130,7 +132,63 @@ def test_a_worker_that_dies_costs_time_not_the_report(three_sets, monkeypatch, c
 
     monkeypatch.setattr(render, "FIGURES", render.FIGURES[:3] + (dies_in_a_worker,) + render.FIGURES[4:])
     report = make_report(analysis, three_sets, workers=2)
-    assert "a figure worker died" in capsys.readouterr().err
+    assert "a worker process died" in capsys.readouterr().err
     assert [f.key for f in report.figures] == [f.key for f in reference.figures]
     assert report.rendered == reference.rendered
     assert not multiprocessing.active_children()
+
+
+def _same_report(done, reference):
+    assert [f.key for f in done.figures] == [f.key for f in reference.figures]
+    assert done.rendered == reference.rendered
+
+
+def test_figures_taken_back_from_the_workers_queue_are_the_ones_they_would_draw(three_sets):
+    if not render.can_fork():
+        pytest.skip("figures are drawn in worker processes only where they can be forked")
+    analysis = analyze_run(three_sets, backend="numpy")
+    reference = make_report(analysis, three_sets, workers=1)
+    with render.FigureDrawer(analysis.ref, analysis.stages[-1], len(analysis.probe_names), workers=2).start() as drawer:
+        drawer.add(analysis)
+        drawer.draw_until(Future())  # never done: every figure no worker has started is drawn here
+        assert any(f.done() and not f.running() for f in drawer._futures)
+        report = make_report(analysis, three_sets, drawer=drawer)
+    _same_report(report, reference)
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_set_a_worker_fails_to_analyse_is_analysed_here(three_sets, monkeypatch, capsys, how):
+    if not render.can_fork():
+        pytest.skip("probe sets are analysed in worker processes only where they can be forked")
+    parent, real = os.getpid(), P.analyze_run
+    calls = []
+
+    def fails_in_a_worker(run, **kw):
+        if os.getpid() != parent:
+            if how == "dies":
+                os._exit(1)  # as a worker killed for memory would
+            raise MemoryError("no room in the worker")
+        calls.append(kw["probes"])
+        return real(run, **kw)
+
+    monkeypatch.setattr(P, "analyze_run", fails_in_a_worker)
+    done = P.analyze_and_report(three_sets, backend="numpy", workers=2)
+    assert calls == [["old"], ["new"], ["held"]]  # every set, in order, here
+    _same_report(done.report, make_report(real(three_sets, backend="numpy"), three_sets, workers=1))
+    assert ("worker process died" in capsys.readouterr().err) == (how == "dies")
+    assert not multiprocessing.active_children()
+
+
+def test_an_error_in_a_set_analysed_by_a_worker_reaches_the_user_as_one_line(three_sets, tmp_path, capsys, monkeypatch):
+    real = P.analyze_run
+
+    def bad_held_set(run, **kw):
+        if kw.get("probes") == ["held"]:
+            raise InputError("probes/held: embeddings have NaN rows")
+        return real(run, **kw)
+
+    monkeypatch.setattr(P, "analyze_run", bad_held_set)
+    assert main([str(three_sets.path), "--backend", "numpy", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: probes/held: embeddings have NaN rows"]
+    assert not (tmp_path / "r").exists() and not multiprocessing.active_children()

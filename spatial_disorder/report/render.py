@@ -19,7 +19,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
@@ -83,6 +83,7 @@ def draw(analysis, probe: str, index: int, ref: str, last: str, n_probes: int, f
 
 
 def _task(task: tuple):
+    _yield_to_analysis()
     part, blob, probe, index = task
     analysis = _PARTS.get(part)
     if analysis is None:
@@ -91,29 +92,35 @@ def _task(task: tuple):
 
 
 WORKER_NICENESS = 10  # drawing yields to the analysis: with figures drawn while a run is analysed, it is the critical path
+_NICE: list = []  # set once this worker has lowered its priority
+
+
+def _yield_to_analysis() -> None:
+    """Before a worker's first figure: a lower priority, so that a core the analysis needs goes to the analysis
+    (spatial_disorder/pipeline.py) and the drawing takes what it leaves (once it is over, everything). Not at start:
+    a worker may analyse a probe set first, at the analysis' priority."""
+    if not _NICE:
+        _NICE.append(True)
+        try:
+            os.nice(WORKER_NICENESS)
+        except (AttributeError, OSError):
+            pass
 
 
 def _worker_init() -> None:
-    """Ctrl-C is the parent's to handle (it stops the pool and prints one line); one BLAS thread per worker (the workers
-    already use every core between them); and a lower priority, so that a core the analysis needs goes to the analysis
-    (spatial_disorder/pipeline.py) and the workers take what it leaves (once it is over, everything)."""
+    """Ctrl-C is the parent's to handle (it stops the pool and prints one line), and one BLAS thread per worker (the
+    workers already use every core between them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(WORKER_NICENESS)
-    except (AttributeError, OSError):
-        pass
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=1)
     except ImportError:
         pass
-    _warm_up()
 
 
 def _warm_up() -> None:
-    """Import matplotlib and draw one tiny figure (fonts loaded and cached), so that a worker started before the first
-    probe set is analysed has done this while the analysis ran, not on the first figure it is given."""
+    """Import matplotlib and draw one tiny figure (fonts found and loaded), for forked workers to inherit."""
     import io
 
     from matplotlib.figure import Figure
@@ -142,12 +149,16 @@ class FigureDrawer:
         self._inherited = None  # the part the workers were forked with
         self._added = 0  # analyses added so far (a part's number is its place among them)
         self._tasks: list = []  # (analysis, probe, figure index) in page order
-        self._futures: list = []  # the workers' results, one per task, when there are workers
+        self._futures: list = []  # one per task: the worker's result to come, or None (drawn here, in finish)
+        self._warned = False
 
     def start(self) -> FigureDrawer:
-        """Start the workers now, before the first probe set is analysed, so that they load matplotlib meanwhile (the
-        sets then all travel pickled); otherwise they start at the first ``add`` and inherit that set."""
+        """Start the workers now, before the first probe set is analysed, so that they can take work from the caller
+        (``call``) while it analyses (the sets then all travel pickled); otherwise they start at the first ``add`` and
+        inherit that set. Matplotlib is loaded here first, once, and the workers inherit it: loading it in each worker
+        costs each of them most of a second, with the analysis waiting for its cores."""
         if self.workers > 1 and self._pool is None:
+            _warm_up()
             self._start(None, None)
         return self
 
@@ -158,9 +169,43 @@ class FigureDrawer:
         self._tasks += tasks
         if self.workers > 1 and self._pool is None:
             self._start(part, analysis)
-        if self._pool is not None:
-            blob = None if part == self._inherited else pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL)
-            self._futures += [self._pool.submit(_task, (part, blob, probe, i)) for _, probe, i in tasks]
+        blob = None if self._pool is None or part == self._inherited else pickle.dumps(analysis, protocol=pickle.HIGHEST_PROTOCOL)
+        self._futures += [self._submit(_task, (part, blob, probe, i)) for _, probe, i in tasks]
+
+    def call(self, fn: Callable, *args):
+        """Run ``fn(*args)`` in a worker, queued after the figures added so far: a Future, or None where there are no
+        workers (or they died), for the caller to run it itself. ``fn`` must be a module-level function; what it needs
+        beyond ``args`` it finds in the state the workers were forked with (the pipeline analyses probe sets this way,
+        spatial_disorder/pipeline.py)."""
+        return self._submit(fn, *args)
+
+    def draw_until(self, future) -> None:
+        """Draw queued figures here, ones no worker has started, until ``future`` is done: the caller waits for a
+        worker's result without leaving its core idle (a figure takes a fraction of a second, so it waits no longer)."""
+        for index, queued in enumerate(self._futures):
+            if future.done():
+                return
+            if queued is not None and queued.cancel():  # not started: take it from the workers' queue
+                analysis, probe, i = self._tasks[index]
+                done = Future()
+                done.set_result(draw(analysis, probe, i, self.ref, self.last, self.n_probes, self.formats))
+                self._futures[index] = done
+
+    def _submit(self, fn: Callable, *args):
+        if self._pool is None:
+            return None
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool:  # a worker died since: what is left is done in this process
+            self.lost_a_worker()
+            return None
+
+    def lost_a_worker(self) -> None:
+        """Say once, on one line, that a worker died and that the rest is done in this process."""
+        if not self._warned:
+            self._warned = True
+            print("warning: a worker process died (out of memory?); the rest of the report is made in this process",
+                  file=sys.stderr)
 
     def _start(self, part: int | None, analysis) -> None:
         _SHARED.update(ref=self.ref, last=self.last, n=self.n_probes, formats=self.formats)
@@ -184,9 +229,8 @@ class FigureDrawer:
         """Wait for the figures (running ``meanwhile`` here first, while the workers draw) and return them in page order."""
         try:
             extra = meanwhile() if meanwhile is not None else None
-            futures = self._futures if self._pool is not None else [None] * len(self._tasks)
             here = (self._pool is None) and self.progress
-            steps = zip(self._tasks, futures)
+            steps = zip(self._tasks, self._futures)
             if here:
                 from tqdm.auto import tqdm
 
@@ -199,8 +243,7 @@ class FigureDrawer:
                         continue
                     except BrokenProcessPool:
                         broken = True
-                        print("warning: a figure worker died (out of memory?); drawing the remaining figures in this process",
-                              file=sys.stderr)
+                        self.lost_a_worker()
                 results.append(draw(analysis, probe, i, self.ref, self.last, self.n_probes, self.formats))
         finally:
             self.close()

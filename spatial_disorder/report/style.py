@@ -26,6 +26,7 @@ RC = {
     "savefig.dpi": 110,
     "font.size": 10,
     "axes.titlesize": 11,
+    "axes.titley": 1.0,  # a fixed title height: matplotlib otherwise measures every tick label to place each title
     "axes.labelsize": 10,
     "axes.grid": True,
     "grid.alpha": 0.3,
