@@ -589,6 +589,7 @@ def trajectories(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None
             ax.annotate("", xy=xy[-1], xytext=xy[-2], arrowprops={"arrowstyle": "->", "color": colors[i], "lw": 1.6})
         ax.scatter([0], [0], color="black", marker="o", s=25, zorder=3)
         ax.set_aspect("equal", adjustable="datalim")
+        ax.locator_params(nbins=5)  # equal aspect can leave a panel narrow: its default ticks would run into each other
         spans.append((mod, float(np.nanmean(sub["step_deg"].to_numpy(dtype=float)))))
         explained = float(sub["explained_pct"].iloc[0])
         ax.set_title(f"{mod} embeddings ({explained:.0f}% of the movement shown)")
