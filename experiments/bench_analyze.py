@@ -21,6 +21,10 @@ Shapes: ``--captions C`` captions per image, ``--probes P`` probe sets of n imag
 Usage:
   python experiments/bench_analyze.py --n 10000 100000 --d 512 --stages 6 [--threads 2] [--modes ...]
   python experiments/bench_analyze.py --n 5000 --captions 5 --d 512 --modes baseline exact e2e e2e-fast
+  python experiments/bench_analyze.py --n 300 --captions 4 --probes 3 --d 64 --modes exact e2e --repeat 5
+
+On a shared machine the time of one invocation varies by tens of percent; ``--repeat R`` runs the modes R times,
+interleaved, and prints each mode's median round and the per-round end-to-end ratios.
 """
 
 from __future__ import annotations
@@ -253,6 +257,8 @@ def main(argv=None) -> int:
     p.add_argument("--captions", type=int, default=1, help="captions per image (COCO: 5)")
     p.add_argument("--probes", type=int, default=1, help="probe sets of n images each (the quickstart has 3)")
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads in every mode")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of every mode, interleaved; the table shows each mode's median round (noisy machines)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--naive-max", type=int, default=20000, help="largest n for the naive full-matrix retrieval")
     p.add_argument("--workdir", default=None, help="where to write the synthetic runs (default: a temporary folder)")
@@ -274,15 +280,39 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 make_run(run_path, n, args.d, args.stages, captions=args.captions, n_probes=args.probes, data=args.data)
                 print(f"# n={n}: wrote a {args.stages}-stage run in {time.perf_counter() - t:.1f} s", flush=True)
-            results = {}
-            for mode in args.modes:
-                results[mode] = run_child(mode, run_path, args)
-                print(f"#   {mode:<8} {results[mode]['seconds']:8.2f} s  peak RSS {results[mode]['peak_rss_gb']:.2f} GB", flush=True)
-            report(n, args, results)
+            rounds = []
+            for r in range(args.repeat):
+                rounds.append({})
+                for mode in args.modes:
+                    res = rounds[-1][mode] = run_child(mode, run_path, args)
+                    print(f"#   {mode:<8} {res['seconds']:8.2f} s  peak RSS {res['peak_rss_gb']:.2f} GB"
+                          + (f"  (round {r + 1})" if args.repeat > 1 else ""), flush=True)
+            report(n, args, {mode: median_round(rounds, mode) for mode in args.modes})
+            if args.repeat > 1:
+                print_rounds(rounds, args.modes)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def median_round(rounds: list[dict], mode: str) -> dict:
+    """The mode's result from the round with its median wall time (the lower middle one for an even count)."""
+    ordered = sorted((rnd[mode] for rnd in rounds), key=lambda res: res["seconds"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def print_rounds(rounds: list[dict], modes) -> None:
+    """Every round's wall time per mode, and the end-to-end ratios to analyze_run taken within each round (the
+    modes of a round run one after the other, so they share the machine's load of the moment)."""
+    print(f"\nrounds (modes interleaved; the table above shows each mode's median round, {len(rounds)} rounds):")
+    for mode in modes:
+        print(f"  {mode:<10} wall s " + ", ".join(f"{rnd[mode]['seconds']:.1f}" for rnd in rounds))
+    for mode in ("e2e", "e2e-fast"):
+        if mode in modes and "exact" in modes:
+            ratios = sorted(rnd[mode]["seconds"] / rnd["exact"]["seconds"] for rnd in rounds)
+            print(f"  {mode:<10} / analyze_run per round " + ", ".join(f"{x:.2f}" for x in ratios)
+                  + f"; median {float(np.median(ratios)):.2f}")
 
 
 def report(n, args, r) -> None:

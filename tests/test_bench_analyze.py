@@ -29,3 +29,25 @@ def test_bench_analyze_tiny(tmp_path):
     # ... and its Procrustes fits and topology use every row, so they equal the exact values
     for metric in ("procrustes_angle_deg", "rigid_share", "topology_change_mean_deg"):
         assert re.search(rf"^  {metric}\s+\d+ cells: largest \|fast - exact\| 0 ", out, re.M), out
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_analyze", ROOT / "experiments" / "bench_analyze.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_repeated_rounds_report_each_modes_median_round_and_the_per_round_ratios(capsys):
+    bench = _bench_module()
+    walls = {"exact": [5.0, 4.0, 6.0, 5.5], "e2e": [8.0, 8.0, 12.0, 9.9]}  # ratios 1.6, 2.0, 2.0, 1.8
+    rounds = [{m: {"seconds": walls[m][r], "round": r} for m in walls} for r in range(4)]
+    assert bench.median_round(rounds, "exact")["round"] == 0  # 4.0, 5.0 | 5.5, 6.0: the lower middle
+    assert bench.median_round(rounds[:3], "e2e")["round"] in (0, 1)  # 8.0, 8.0, 12.0
+    assert bench.median_round(rounds[:3], "exact")["round"] == 0  # 4.0, 5.0, 6.0
+    bench.print_rounds(rounds, ["exact", "e2e"])
+    out = capsys.readouterr().out
+    assert "e2e        / analyze_run per round 1.60, 1.80, 2.00, 2.00; median 1.90" in out
+    assert "exact      wall s 5.0, 4.0, 6.0, 5.5" in out

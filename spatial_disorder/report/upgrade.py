@@ -60,8 +60,10 @@ def recovery_curve(analysis, probe: str, n_probes: int = 1) -> ReportFigure | No
     if not len(sel):
         return None
     ref, last = str(sel["stage_a"].iloc[0]), str(sel["stage_b"].iloc[0])
-    # a fixed frame (no layout engine: one draw per save); the gap leaves room for the right panel's label and ticks
-    fig = _figure(10.5, 3.6, {"left": 0.8, "right": 0.2, "bottom": 0.55, "top": 0.35, "gap": 0.95, "panels": 2})
+    # a fixed frame (no layout engine: one draw per save); the gap leaves room for the right panel's label and ticks,
+    # the bottom margin for the legends under the panels (inside, they hid points and the goal line's label)
+    height, bottom, below = 4.2, 1.15, 0.55  # below: from the panels' lower edge to the top of the legends, inches
+    fig = _figure(10.5, height, {"left": 0.8, "right": 0.2, "bottom": bottom, "top": 0.35, "gap": 0.95, "panels": 2})
     axes = fig.subplots(1, 2)
     styles = {"orthogonal": "-", "ridge": ":"}
     colors = {"t2i": MODALITY_COLORS["text"], "i2t": MODALITY_COLORS["image"], "text": MODALITY_COLORS["text"], "image": MODALITY_COLORS["image"]}
@@ -89,7 +91,7 @@ def recovery_curve(analysis, probe: str, n_probes: int = 1) -> ReportFigure | No
         ticks = sorted(set(sel["calibration_images"].astype(int)))
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -below / (height - bottom - 0.35)))
     return ReportFigure(f"bridge_curve_{probe}", "upgrade", f"Bridge learning curve, {ref} → {last}{_probe_label(probe, n_probes)}", fig,
                         _curve_reading(sel))
 
