@@ -26,9 +26,11 @@ from .analysis import RunAnalysis, analyze_run
 from .report import Report, make_report, render
 from .report.figures import figure_formats
 
-# Sets are analysed while figures are drawn only when each holds at most this many caption values (captions x d): the
-# quickstart's sets hold 1,200 x 64; a COCO-test set (25,000 x 512) keeps both cores busy on its own.
+# Sets are analysed one by one, in the drawing workers too, only when each holds at most this many caption values
+# (captions x d): the quickstart's sets hold 1,200 x 64; a COCO-test set (25,000 x 512) keeps both cores busy on its own.
 PIPELINE_MAX_VALUES = 1_000_000
+# The run and the analysis options, set while the drawing workers are forked so that they can analyse probe sets too.
+_FORKED: dict = {}
 
 
 @dataclass
@@ -78,9 +80,6 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
         _FORKED.clear()
     return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
 
-
-# The run and analysis options, set while the drawing workers are forked so that they can analyse probe sets too.
-_FORKED: dict = {}
 
 
 def _analyse_set(name: str) -> RunAnalysis | None:

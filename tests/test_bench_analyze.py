@@ -51,3 +51,22 @@ def test_repeated_rounds_report_each_modes_median_round_and_the_per_round_ratios
     out = capsys.readouterr().out
     assert "e2e        / analyze_run per round 1.60, 1.80, 2.00, 2.00; median 1.90" in out
     assert "exact      wall s 5.0, 4.0, 6.0, 5.5" in out
+
+
+def test_bench_figures_times_every_figure_of_every_probe_set(tmp_path, capsys):
+    import importlib.util
+
+    from spatial_disorder.report import render
+
+    bench = _bench_module()
+    run = bench.make_run(tmp_path / "run", 60, 8, 3, captions=2, n_probes=2)
+    spec = importlib.util.spec_from_file_location("bench_figures", ROOT / "experiments" / "bench_figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    assert figures.main([str(run), "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(\w+)\s+([\d.]+)\s+(\d+)$", out, re.M)
+    assert len(rows) == len(render.FIGURES)  # every figure has data on this run
+    assert all(float(cpu) > 0 and int(draws) == 2 * 2 for _, cpu, draws in rows)  # 2 probe sets x 2 rounds
+    total = re.search(r"one report's (\d+) figures: ([\d.]+) CPU s", out)
+    assert total and int(total.group(1)) == 2 * len(render.FIGURES)

@@ -92,15 +92,16 @@ def _task(task: tuple):
 
 
 WORKER_NICENESS = 10  # drawing yields to the analysis: with figures drawn while a run is analysed, it is the critical path
-_NICE: list = []  # set once this worker has lowered its priority
+_niced = False  # whether this worker has lowered its priority
 
 
 def _yield_to_analysis() -> None:
     """Before a worker's first figure: a lower priority, so that a core the analysis needs goes to the analysis
     (spatial_disorder/pipeline.py) and the drawing takes what it leaves (once it is over, everything). Not at start:
     a worker may analyse a probe set first, at the analysis' priority."""
-    if not _NICE:
-        _NICE.append(True)
+    global _niced
+    if not _niced:
+        _niced = True
         try:
             os.nice(WORKER_NICENESS)
         except (AttributeError, OSError):
@@ -235,14 +236,13 @@ class FigureDrawer:
                 from tqdm.auto import tqdm
 
                 steps = tqdm(steps, total=len(self._tasks), desc="figures", leave=False)
-            results, broken = [], False
+            results = []
             for (analysis, probe, i), future in steps:
-                if future is not None and not broken:
+                if future is not None:
                     try:
                         results.append(future.result())
                         continue
-                    except BrokenProcessPool:
-                        broken = True
+                    except BrokenProcessPool:  # every unfinished task fails at once: each is drawn here
                         self.lost_a_worker()
                 results.append(draw(analysis, probe, i, self.ref, self.last, self.n_probes, self.formats))
         finally:
