@@ -3,9 +3,10 @@
 Drawing is the report's whole cost (matplotlib lays out ticks and text and rasterises each figure; nothing is
 computed), and figures are independent, so on Linux the tasks are shared among forked workers that inherit the
 analysis without copying it and send back only the encoded figures. The workers can start before the analysis is
-over: ``FigureDrawer.add`` takes one probe set's analysis at a time, so a set's figures are drawn on the cores the
-analysis of the next set leaves idle (spatial_disorder/pipeline.py). The page order does not depend on the number of workers or on
-when the sets were added, and a figure drawn in a worker is byte-for-byte the one drawn in the main process.
+over: ``FigureDrawer.add`` takes one probe set's analysis at a time, ``call`` lends the workers to the caller (the
+pipeline has them analyse probe sets) and ``draw_until`` draws queued figures in the caller while it waits
+(spatial_disorder/pipeline.py). The page order does not depend on the number of workers, on when the sets were added
+or on which process drew a figure, and a figure drawn in a worker is byte-for-byte the one drawn in the main process.
 Elsewhere (macOS and Windows cannot fork safely), with one core, for a handful of figures, or with ``workers=1``
 everything is drawn in this process, in ``finish``.
 """
@@ -141,6 +142,8 @@ class FigureDrawer:
     processes to draw in (default: the usable cores; always 1 where workers cannot be forked). Use it as a context
     manager so that the workers stop if the caller fails before ``finish``. A worker that dies (killed for memory, say)
     does not hang or fail the report: the figures it had not sent back are drawn here, with a one-line warning.
+    ``call(fn, *args)`` runs other work in the workers, queued after the figures added so far, and ``draw_until(future)``
+    draws queued figures here while the caller waits for such work.
     """
 
     def __init__(self, ref: str, last: str, n_probes: int, formats=("svg",), workers: int | None = None, progress: bool = False):
