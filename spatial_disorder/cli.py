@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError, SpatialDisorderError
@@ -94,14 +95,21 @@ def _analysis_options(run, args, ref=0) -> dict:
                 progress=_interactive())
 
 
+@contextmanager
+def _stage_errors():
+    """An unknown stage name or index (a KeyError from the analysis) as the usual one-line input error."""
+    try:
+        yield
+    except KeyError as exc:
+        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
 def _analyse(run, args, ref=0):
     from .analysis import analyze_run
 
     options = _analysis_options(run, args, ref)
-    try:
+    with _stage_errors():
         return analyze_run(run, **options)
-    except KeyError as exc:  # unknown stage name or index
-        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
 
 
 def _cmd_analyze(args) -> int:
@@ -111,10 +119,8 @@ def _cmd_analyze(args) -> int:
     t = time.perf_counter()
     run = open_run(args.run_dir)
     options = _analysis_options(run, args, _stage_arg(args.ref))
-    try:  # figures of a finished probe set are drawn while the next set is analysed (spatial_disorder/pipeline.py)
+    with _stage_errors():  # several small probe sets: analysed side by side with the drawing (spatial_disorder/pipeline.py)
         done = analyze_and_report(run, png=args.png, all_items=args.all_items, **options)
-    except KeyError as exc:  # unknown stage name or index
-        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
     t_write = time.perf_counter()
     out = done.report.write(Path(args.out) if args.out else run.path / "report")
     meta = done.analysis.meta

@@ -358,10 +358,10 @@ def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> Rep
 
 def _rigid_reading(analysis, spectra, probe: str, ref: str, last: str) -> str:
     """One sentence per modality: the largest plane, the variance it carries, and whether the change is a rotation."""
-    parts = []
+    parts, value = [], summary_values(analysis.summary)
     for mod in MODALITIES:
         top = spectra[(spectra["kind"] == mod) & (spectra["stage_b"].astype(str) == last)].sort_values("index")
-        share = summary_value(analysis.summary, "rigid_share", probe, mod, ref, last)
+        share = value("rigid_share", probe, mod, ref, last)
         if not len(top) or not np.isfinite(share):
             continue
         plane, dim, held = top.iloc[0], int(top["dim"].iloc[0]), float(top["variance_held"].iloc[0])
