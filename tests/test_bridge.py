@@ -216,6 +216,57 @@ def test_learning_curve_drops_impossible_sizes_and_explains_too_small_ones(plant
     assert full["t2i_R@1_recovery"] == pytest.approx(ev.metrics["bridge_t2i_R@1_recovery"])
 
 
+def _brute_force_first(carried, target, rows):
+    """1 where target row i is the strictly nearest target to carried row i (the full cosine rows, no tiling)."""
+    sims = carried[rows].astype(np.float64) @ target.astype(np.float64).T
+    own = sims[np.arange(len(rows)), rows]
+    return (np.sum(sims > own[:, None], axis=1) == 0) & (np.sum(sims == own[:, None], axis=1) == 1)
+
+
+def test_sampled_agreement_is_the_brute_force_share_of_its_seeded_queries():
+    arrays, _ = clip_like(n=2400, d=32, seed=11)
+    target = arrays["text"]
+    carried = unit(target @ planted_rotation(32, [3.0] * 8, seed=12) + 0.01 * np.random.default_rng(13).normal(size=target.shape))
+    moved = np.random.default_rng(14).choice(2400, 960, replace=False)
+    carried[moved] = carried[np.roll(moved, 1)]  # 40% of the rows point at another item: agreement near 0.6
+    every = _brute_force_first(carried, target, np.arange(2400))
+    rows = mb.agreement_rows(2400, 500, seed=3)
+    assert len(rows) == 500 and len(np.unique(rows)) == 500 and np.all(np.diff(rows) > 0)
+    assert mb.agreement(carried, target, max_queries=500, seed=3) == pytest.approx(every[rows].mean())
+    assert mb.agreement(carried, target, max_queries=None) == pytest.approx(every.mean())
+    assert mb.agreement(carried, target, max_queries=5000) == pytest.approx(every.mean())  # a budget above n ranks every row
+    assert abs(mb.agreement(carried, target, max_queries=500, seed=3) - every.mean()) < 0.07  # 500 queries: +-4.4 points
+    with pytest.raises(InputError, match="at least one query row"):
+        mb.agreement_rows(2400, 0)
+
+
+def test_agreement_budget_reaches_the_bridge_metrics_and_leaves_small_sets_exact():
+    ref, t2i = clip_like(n=1000, seed=4)
+    cand = rotated(ref, planted_rotation(48, [50.0] * 20, seed=5))
+    rng = np.random.default_rng(6)
+    moved = rng.choice(1000, 300, replace=False)
+    cand["text"][moved] = cand["text"][np.roll(moved, 1)]
+    settings = dict(seed=0, methods=("orthogonal",), directions=("index",))
+    every = mb.evaluate_bridge(ref, cand, t2i, agreement_queries=None, **settings).metrics
+    default = mb.evaluate_bridge(ref, cand, t2i, **settings).metrics  # 500 held-out captions: under the budget
+    sampled = mb.evaluate_bridge(ref, cand, t2i, agreement_queries=100, **settings).metrics
+    assert default["bridge_text_agreement"] == every["bridge_text_agreement"]
+    assert sampled["bridge_text_agreement"] != every["bridge_text_agreement"]  # 100 of 500 rows: a different estimate
+    assert abs(sampled["bridge_text_agreement"] - every["bridge_text_agreement"]) < 0.15
+    assert sampled["bridge_t2i_R@1"] == every["bridge_t2i_R@1"]  # the budget touches agreement only
+
+
+def test_learning_curve_given_its_split_and_held_out_recall_is_unchanged(planted):
+    ref, cand, t2i = planted
+    lc = mb.learning_curve(ref, cand, t2i, sizes=(50, None), seed=2)
+    split = mb.calibration_split(np.asarray(t2i), ref["image"].shape[0], mb.DEFAULT_FRACTION, 2)
+    old, new = mb.held_out_recall(ref, split), mb.held_out_recall(cand, split)
+    again = mb.learning_curve(ref, cand, t2i, sizes=(50, None), split=split, old=old, new=new)
+    pd.testing.assert_frame_equal(lc, again)
+    unit_in = mb.learning_curve(ref, cand, t2i, sizes=(50, None), seed=2, normalized=True)  # unit rows: no second normalisation
+    pd.testing.assert_frame_equal(lc, unit_in, check_exact=False, rtol=1e-4)
+
+
 def test_bridge_metrics_is_a_flat_registrable_function(planted):
     ref, cand, t2i = planted
     m = mb.bridge_metrics(ref, cand, t2i, seed=1)

@@ -130,8 +130,11 @@ def _bridge_run(engine, ref: str, last: str) -> dict:
             if len(mods) != 2 or engine.sizes[(probe, "image")] < 2:
                 continue
             view = _view(engine, probe)
-            curve = learning_curve(_arrays(engine, ref, probe, view), _arrays(engine, last, probe, view), view.split.text_to_image,
-                                   sizes=CURVE_SIZES, methods=METHODS, directions=("index",), seed=engine.seed)
+            ref_arrays, last_arrays = _arrays(engine, ref, probe, view), _arrays(engine, last, probe, view)
+            curve = learning_curve(ref_arrays, last_arrays, view.split.text_to_image, sizes=CURVE_SIZES, methods=METHODS,
+                                   directions=("index",), seed=engine.seed, normalized=True, split=view.split,
+                                   old=_self_recall(engine, ref, probe, ref_arrays, view),
+                                   new=_self_recall(engine, last, probe, last_arrays, view))
             curve.insert(0, "stage_b", last)
             curve.insert(0, "stage_a", ref)
             curve.insert(0, "probe", probe)
@@ -154,7 +157,8 @@ def _metrics() -> tuple[MetricInfo, ...]:
     for m in ("image", "text"):
         out.append(M(f"bridge_{m}_agreement", "cross", "fraction",
                      f"Share of held-out {m}s whose bridged old vector finds its own re-embedded vector first among the held-out "
-                     "new vectors: does the bridged index point where re-embedding would?",
+                     "new vectors (at most 1,000 seeded queries, each against every held-out target): does the bridged index "
+                     "point where re-embedding would?",
                      f"mean_i [rank of B_i among held-out B, queried with A_i M, = 1] ({m}s)", "lower", "none", compare=True))
     for d in DIRECTIONS:
         q, g = _DIR_WORDS[d]
