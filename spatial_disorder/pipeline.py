@@ -5,7 +5,7 @@ small for a second BLAS thread to help (the quickstart's analysis takes as long 
 drawing the figures costs more CPU than the analysis. So with several such probe sets the drawing workers
 (render.FigureDrawer) are started first, with matplotlib already loaded for them to inherit, and the run is analysed
 set by set (``analyze_run(run, probes=[p])``, one BLAS thread each: spinning BLAS threads on busy cores made the
-analysis twice as slow): the first set here, the others in the workers. While this process waits for a worker's set
+analysis twice as slow; ``analyze_run`` limits itself to one for such sets, ``analysis.SMALL_SET_VALUES``): the first set here, the others in the workers. While this process waits for a worker's set
 it draws the finished sets' figures that no worker has started (``FigureDrawer.draw_until``), and a set no worker
 has started yet it analyses itself, so no core waits while there is work. A set a worker fails on (or dies on) is
 analysed here again, where its error, if it has one, is raised with its one-line message. Larger sets, whose
@@ -20,15 +20,14 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from threadpoolctl import threadpool_limits
-
-from .analysis import RunAnalysis, analyze_run
+from .analysis import SMALL_SET_VALUES, RunAnalysis, analyze_run
 from .report import Report, make_report, render
 from .report.figures import figure_formats
 
-# Sets are analysed one by one, in the drawing workers too, only when each holds at most this many caption values
-# (captions x d): the quickstart's sets hold 1,200 x 64; a COCO-test set (25,000 x 512) keeps both cores busy on its own.
-PIPELINE_MAX_VALUES = 1_000_000
+# Sets are analysed one by one, in the drawing workers too, only when each is small enough to be analysed on one thread
+# (analysis.SMALL_SET_VALUES: the quickstart's sets hold 1,200 captions x 64); a COCO-test set (25,000 x 512) keeps both
+# cores busy on its own.
+PIPELINE_MAX_VALUES = SMALL_SET_VALUES
 # The run and the analysis options, set while the drawing workers are forked so that they can analyse probe sets too.
 _FORKED: dict = {}
 
@@ -69,8 +68,7 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
             for i, name in enumerate(names):
                 part = _collect(queued.get(name), drawer)
                 if part is None:  # the first set, a set no worker has started yet, or one a worker failed on
-                    with threadpool_limits(limits=1):
-                        part = analyze_run(run, probes=[name], progress=progress, **analysis_options)
+                    part = analyze_run(run, probes=[name], progress=progress, **analysis_options)
                 parts.append(part)
                 drawer.add(part, more=i < len(names) - 1)
             analysis = RunAnalysis.combine(parts)

@@ -316,3 +316,30 @@ def test_cross_stage_cells_against_brute_force(n):
         own_r1 = res.retrieval[(res.retrieval["stage"] == stage) & (res.retrieval["direction"] == "i2t") & (res.retrieval["metric"] == "R@1")]
         if queries == n:
             assert cells.loc[(stage, stage), "value"] == pytest.approx(float(own_r1["value"].iloc[0]), abs=1e-9)
+
+
+def test_small_probe_sets_are_analysed_on_one_thread_and_large_ones_on_all(synthetic_run, monkeypatch):
+    """A quick run's products are too small for a second BLAS thread, whose spinning only costs CPU (analysis.SMALL_SET_VALUES)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import spatial_disorder.analysis as A
+
+    seen = []
+    real = A._run_engine
+
+    def spy(*args, **kwargs):
+        seen.append(max(pool["num_threads"] for pool in threadpool_info()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(A, "_run_engine", spy)
+    with threadpool_limits(limits=2):
+        if max(pool["num_threads"] for pool in threadpool_info()) < 2:
+            pytest.skip("this BLAS cannot run two threads")
+        analyze_run(synthetic_run, pairs=[(0, 1)], backend="numpy")  # 450 captions x 24 values
+        img, txt, t2i = pair_data()
+        analyze_arrays({"image": img, "text": txt}, {"image": img, "text": txt}, t2i, backend="numpy")
+        monkeypatch.setattr(A, "SMALL_SET_VALUES", 100)  # now both count as large: the caller's threads are kept
+        analyze_run(synthetic_run, pairs=[(0, 1)], backend="numpy")
+        analyze_arrays({"image": img, "text": txt}, {"image": img, "text": txt}, t2i, backend="numpy")
+        outside = max(pool["num_threads"] for pool in threadpool_info())
+    assert seen == [1, 1, outside, outside] and outside == 2
