@@ -756,6 +756,12 @@ def _meta(engine: _Engine, stages, pairs, extra) -> dict:
     }
 
 
+def probe_values(run, probe: str) -> int:
+    """The values (items x d, the larger modality) one probe set of a run holds: compared with ``SMALL_SET_VALUES``."""
+    info = run.probes[probe]
+    return max(info.n_images, info.n_texts) * run.dimension
+
+
 def _threads_for(values: int):
     """One BLAS/OpenMP thread for an analysis whose largest probe set holds at most ``SMALL_SET_VALUES`` values."""
     return threadpool_limits(limits=1) if values <= SMALL_SET_VALUES else contextlib.nullcontext()
@@ -815,7 +821,7 @@ def analyze_run(
                      id_tables={p: run.probes[p] for p in names})
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     t = time.perf_counter()
-    with _threads_for(max(max(run.probes[p].n_images, run.probes[p].n_texts) for p in names) * run.dimension):
+    with _threads_for(max(probe_values(run, p) for p in names)):
         tables = _run_engine(engine, pairs, used, progress, learned, ref=ref_name if ref_name in used else None)
     meta = _meta(engine, used, pairs, {"run": str(run.path), "ref": ref_name, "learned_at": learned,
                                        "total_s": round(time.perf_counter() - t, 3)})

@@ -20,14 +20,10 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from .analysis import SMALL_SET_VALUES, RunAnalysis, analyze_run
+from .analysis import SMALL_SET_VALUES, RunAnalysis, analyze_run, probe_values
 from .report import Report, make_report, render
 from .report.figures import figure_formats
 
-# Sets are analysed one by one, in the drawing workers too, only when each is small enough to be analysed on one thread
-# (analysis.SMALL_SET_VALUES: the quickstart's sets hold 1,200 captions x 64); a COCO-test set (25,000 x 512) keeps both
-# cores busy on its own.
-PIPELINE_MAX_VALUES = SMALL_SET_VALUES
 # The run and the analysis options, set while the drawing workers are forked so that they can analyse probe sets too.
 _FORKED: dict = {}
 
@@ -48,7 +44,9 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
     while the analysis runs when there are several probe sets and workers to draw in (render.FigureDrawer)."""
     names = list(run.probes) if probes is None else list(probes)
     t0 = time.perf_counter()
-    small = all(p in run.probes and run.probes[p].n_texts * run.dimension <= PIPELINE_MAX_VALUES for p in names)
+    # sets are analysed one by one, in the drawing workers too, only when each is small enough for one thread
+    # (analysis.SMALL_SET_VALUES: the quickstart's sets hold 1,200 captions x 64); a COCO-test set keeps both cores busy
+    small = all(p in run.probes and probe_values(run, p) <= SMALL_SET_VALUES for p in names)
     try:  # the default pairs (every stage against ref, and consecutive stages) use every stage: the last is the run's
         ref = run.stage_name(analysis_options.get("ref", 0))
     except (KeyError, TypeError, ValueError, IndexError):
