@@ -24,6 +24,7 @@ import pandas as pd
 from ..errors import InputError
 from . import families as _families  # noqa: F401  (the built-in families register first, so they are listed first)
 from .bridge import (
+    AGREEMENT_QUERIES,
     CURVE_COLUMNS,
     CURVE_SIZES,
     DEFAULT_FRACTION,
@@ -157,8 +158,8 @@ def _metrics() -> tuple[MetricInfo, ...]:
     for m in ("image", "text"):
         out.append(M(f"bridge_{m}_agreement", "cross", "fraction",
                      f"Share of held-out {m}s whose bridged old vector finds its own re-embedded vector first among the held-out "
-                     "new vectors (at most 1,000 seeded queries, each against every held-out target): does the bridged index "
-                     "point where re-embedding would?",
+                     f"new vectors (at most {AGREEMENT_QUERIES:,} seeded queries, each against every held-out target): does the "
+                     "bridged index point where re-embedding would?",
                      f"mean_i [rank of B_i among held-out B, queried with A_i M, = 1] ({m}s)", "lower", "none", compare=True))
     for d in DIRECTIONS:
         q, g = _DIR_WORDS[d]
