@@ -55,8 +55,8 @@ def test_report_writes_every_file(planted, tmp_path):
     assert (out / "index.html").is_file() and (out / "metrics.json").is_file()
     assert (out / "tables" / "summary.csv").is_file() and (out / "tables" / "items.csv").is_file()
     keys = {f.key for f in report.figures}
-    for key in ("retrieval_val", "r1_heatmap_val", "rotation_hist_val", "rotation_heatmap_val", "procrustes_spectra_val",
-                "trajectories_val", "overlap_heatmap_val", "rotation_scatter_val", "paired_angle_val", "flips_val", "topology_val"):
+    for key in ("retrieval_val", "r1_heatmap_val", "rotation_hist_val", "rotation_stages_val", "procrustes_spectra_val",
+                "trajectories_val", "overlap_stages_val", "rotation_scatter_val", "paired_angle_val", "flips_val", "topology_val"):
         assert key in keys, key
         ET.parse(out / "figures" / f"{key}.svg")  # well-formed SVG, embedded in the page too
         assert f"id='fig-{key}'><img" in (out / "index.html").read_text()
@@ -221,8 +221,50 @@ def test_scatter_reading_from_hand_made_items():
 
 
 def test_heatmap_reading_names_the_worst_pair():
-    fig = F.rotation_heatmap(_frames(), "p")
+    fig = F.rotation_stages(_frames(), "p", "a")
     assert "largest mean rotation between two analysed stages is 40.0° (image embeddings, a → c)" in fig.reading
+
+
+def _pair_summary(pairs, stages="abcdef"):
+    """A summary with a rotation and an overlap value for each of ``pairs`` (both modalities), and its stages."""
+    rows = [(a, b, "p", m, metric, v) for a, b in pairs for m in ("image", "text")
+            for metric, v in (("rotation_mean_deg", 10.0 * abs(stages.index(b) - stages.index(a))),
+                              ("knn_overlap_mean", 1 - 0.1 * abs(stages.index(b) - stages.index(a))))]
+    summary = pd.DataFrame(rows, columns=["stage_a", "stage_b", "probe", "modality", "metric", "value"])
+    return SimpleNamespace(summary=summary, meta={"k": 10}, stages=list(stages))
+
+
+def test_default_pairs_are_drawn_as_lines_and_other_pairs_as_a_heatmap():
+    from spatial_disorder.analysis import default_pairs
+
+    stages = list("abcdef")
+    default = _pair_summary(default_pairs(stages))  # 5 against a, 4 more consecutive: all on the lines
+    every = _pair_summary([(a, b) for i, a in enumerate(stages) for b in stages[i + 1:]])  # (b, d) and others are not
+    mid = _pair_summary(default_pairs(stages, ref="c"))  # against c, in either order, and consecutive
+    assert F.on_the_lines(default.summary, "rotation_mean_deg", "p", stages, "a")
+    assert not F.on_the_lines(every.summary, "rotation_mean_deg", "p", stages, "a")
+    assert F.on_the_lines(mid.summary, "rotation_mean_deg", "p", stages, "c")
+    assert not F.on_the_lines(mid.summary, "rotation_mean_deg", "p", stages, "a")  # (c, e) is neither
+    for frames, ref, heatmap in ((default, "a", False), (every, "a", True), (mid, "c", False), (mid, "a", True)):
+        fig = F.rotation_stages(frames, "p", ref)
+        images = fig.figure.axes[0].get_images()
+        assert bool(images) == heatmap and ("stage × stage" in fig.title) == heatmap, fig.title
+        assert ("Grey cells" in fig.reading) == heatmap
+    lines = {line.get_label(): line.get_ydata() for line in F.rotation_stages(mid, "p", "c").figure.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["image: against c"], [20.0, 10.0, 0.0, 10.0, 20.0, 30.0])  # (a, c) read as (c, a)
+
+
+def test_pair_lines_plot_every_stage_against_the_reference_and_the_previous_stage():
+    stages = list("abcdef")
+    frames = _pair_summary([("a", s) for s in stages[1:]] + [("c", "d")])
+    fig = F.overlap_stages(frames, "p", "a")
+    lines = {line.get_label(): line.get_ydata() for line in fig.figure.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["image: against a"], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5])  # 1 at the reference itself
+    # (a, b) is also the first consecutive pair; (c, d) the only other one analysed
+    np.testing.assert_allclose(lines["text: previous stage"], [np.nan, 0.9, np.nan, 0.9, np.nan, np.nan])
+    assert "lowest neighbour overlap is 0.50 (image embeddings, a → f)" in fig.reading
+    assert fig.key == "overlap_stages_p" and fig.section == "neighbours"
+    assert F.overlap_stages(_pair_summary([]), "p", "a") is None
 
 
 def test_figures_drawn_in_worker_processes_are_the_ones_drawn_here(planted):

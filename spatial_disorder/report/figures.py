@@ -143,8 +143,8 @@ def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> Re
             vals = sub.loc[sub["stage_b"].astype(str) == stage, col].to_numpy(dtype=float)
             vals = vals[np.isfinite(vals)]
             if len(vals):
-                w = np.full(len(vals), 1.0 / len(vals))
-                ax.hist(vals, bins=bins, weights=w, histtype="step", linewidth=1.6, color=cmap[i], label=f"{ref} → {stage}")
+                counts = np.histogram(vals, bins=bins)[0] / len(vals)
+                step_line(ax, counts, bins, linewidth=1.6, color=cmap[i], label=f"{ref} → {stage}")
         ax.set_title(f"{mod} embeddings")
         ax.set_xlabel("rotation angle per item (degrees)")
     axes[0].set_ylabel("fraction of items")
@@ -161,6 +161,16 @@ def rotation_histograms(analysis, probe: str, ref: str, n_probes: int = 1) -> Re
         f"By stage {last}, measured against {ref}, " + " and ".join(parts) + "." if parts else "No rotation values were computed."
     )
     return ReportFigure(f"rotation_hist_{probe}", "rotation", f"Per-item rotation angles{_probe_label(probe, n_probes)}", fig, reading)
+
+
+def step_line(ax, values, edges, **style):
+    """A step outline (``values[i]`` over ``[edges[i], edges[i + 1]]``, down to 0 at both ends), as ``ax.stairs`` or a
+    step histogram draws it, but as one line: a patch's data limits are found segment by segment, which made the step
+    figures the report's slowest."""
+    values, edges = np.asarray(values, dtype=float), np.asarray(edges, dtype=float)
+    x = np.repeat(edges, 2)
+    y = np.r_[0.0, np.repeat(values, 2), 0.0]
+    return ax.plot(x, y, **style)[0]
 
 
 def _cmap(n: int) -> list:
@@ -215,37 +225,86 @@ def stage_heatmaps(
     return ReportFigure(key, section, title, fig, reading)
 
 
-def rotation_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
+def on_the_lines(summary: pd.DataFrame, metric: str, probe: str, stages: list[str], ref: str) -> bool:
+    """Whether every analysed stage pair of ``metric`` is one that ``pair_lines`` draws: against ``ref``, or between
+    consecutive stages (the default pairs, analysis.default_pairs)."""
+    order = {s: i for i, s in enumerate(stages)}
+    sel = summary[(summary["metric"] == metric) & (summary["probe"].astype(str) == probe)]
+    for a, b in zip(sel["stage_a"].astype(str), sel["stage_b"].astype(str)):
+        if ref not in (a, b) and not (a in order and b in order and abs(order[a] - order[b]) == 1):
+            return False
+    return True
+
+
+def stage_pairs_figure(analysis, probe: str, ref: str, metric: str, *, key: str, section: str, title: str, unit: str,
+                       reading: str, self_value: float, fmt: str = "{:.1f}", n_probes: int = 1) -> ReportFigure | None:
+    """``metric`` between stages as two lines per modality when every analysed pair lies on them (against ``ref``, or
+    between consecutive stages: the default pairs), and otherwise, when other pairs were analysed
+    (``analyze_run(run, pairs=...)``), as a stage x stage heatmap. A heatmap of the default pairs of six stages is
+    mostly grey and shows each of its nine values twice."""
     stages = stage_order(analysis)
-    mats = {f"{m} embeddings": pair_matrix(analysis.summary, "rotation_mean_deg", probe, m, stages) for m in MODALITIES}
+    if not on_the_lines(analysis.summary, metric, probe, stages, ref):
+        mats = {f"{m} embeddings": pair_matrix(analysis.summary, metric, probe, m, stages) for m in MODALITIES}
+        return stage_heatmaps(mats, stages, key, section, f"{title}, stage × stage{_probe_label(probe, n_probes)}", unit,
+                              reading + " Grey cells are stage pairs that were not analysed.", fmt)
+    return pair_lines(analysis, probe, ref, metric, key=key, section=section,
+                      title=f"{title} across stages{_probe_label(probe, n_probes)}", unit=unit, reading=reading,
+                      self_value=self_value)
+
+
+def pair_lines(analysis, probe: str, ref: str, metric: str, *, key: str, section: str, title: str, unit: str, reading: str,
+               self_value: float) -> ReportFigure | None:
+    """Per modality, ``metric`` of each stage against ``ref`` (solid; ``self_value`` at ``ref`` itself) and against
+    the previous stage (dashed). NaN where a pair was not analysed; None when no pair of this probe set was."""
+    stages = stage_order(analysis)
+    s = analysis.summary
+    if not len(s) or not ((s["metric"] == metric) & (s["probe"].astype(str) == probe)).any():
+        return None
+    value = summary_values(s)
+
+    def either(mod, a, b):  # the metrics drawn this way are symmetric: a pair may be stored in either order
+        v = value(metric, probe, mod, a, b)
+        return v if np.isfinite(v) else value(metric, probe, mod, b, a)
+
+    labels = [f"{mod}: {what}" for mod in MODALITIES for what in (f"against {ref}", "previous stage")]
+    legend_w = legend_inches(labels)
+    # the legend beside the axes: never over a line, and no search for the emptiest corner
+    fig = _figure(6.4 + legend_w, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.15})
+    ax = fig.subplots()
+    x = np.arange(len(stages))
+    for mod in MODALITIES:
+        vs_ref = [either(mod, ref, st) if st != ref else self_value for st in stages]
+        cons = [np.nan] + [either(mod, a, b) for a, b in zip(stages[:-1], stages[1:])]
+        ax.plot(x, vs_ref, marker="o", color=MODALITY_COLORS[mod], label=f"{mod}: against {ref}")
+        ax.plot(x, cons, marker="s", linestyle="--", color=MODALITY_COLORS[mod], alpha=0.8, label=f"{mod}: previous stage")
+    ax.set_xticks(x, stages)
+    ax.set_xlabel("stage")
+    ax.set_ylabel(unit)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return ReportFigure(key, section, title, fig, reading)
+
+
+def rotation_stages(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
     worst = _worst_pair(analysis.summary, "rotation_mean_deg", probe, higher=True)
-    reading = (
-        f"The largest mean rotation between two analysed stages is {_fmt(worst[0])}° ({worst[1]} embeddings, {worst[2]} → {worst[3]}); "
-        "grey cells are stage pairs that were not analysed."
-        if worst
-        else "No stage pair was analysed."
-    )
-    return stage_heatmaps(
-        mats, stages, f"rotation_heatmap_{probe}", "rotation", f"Mean rotation angle, stage × stage{_probe_label(probe, n_probes)}",
-        "mean rotation angle (degrees)", reading,
-    )
+    if not worst:
+        return None
+    reading = (f"The largest mean rotation between two analysed stages is {_fmt(worst[0])}° ({worst[1]} embeddings, "
+               f"{worst[2]} → {worst[3]}).")
+    return stage_pairs_figure(analysis, probe, ref, "rotation_mean_deg", key=f"rotation_stages_{probe}", section="rotation",
+                              title="Mean rotation angle", unit="mean rotation angle (degrees)", reading=reading,
+                              self_value=0.0, n_probes=n_probes)
 
 
-def overlap_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
-    stages = stage_order(analysis)
-    mats = {f"{m} embeddings": pair_matrix(analysis.summary, "knn_overlap_mean", probe, m, stages) for m in MODALITIES}
+def overlap_stages(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
     k = analysis.meta.get("k", "k")
     worst = _worst_pair(analysis.summary, "knn_overlap_mean", probe, higher=False)
-    reading = (
-        f"The lowest neighbour overlap is {_fmt(worst[0], 2)} ({worst[1]} embeddings, {worst[2]} → {worst[3]}): "
-        f"on average only {_fmt(100 * worst[0], 0)}% of an item's {k} nearest neighbours are kept."
-        if worst
-        else "No stage pair was analysed."
-    )
-    return stage_heatmaps(
-        mats, stages, f"overlap_heatmap_{probe}", "neighbours", f"Neighbour overlap (top-{k}), stage × stage{_probe_label(probe, n_probes)}",
-        "fraction of neighbours kept (0-1)", reading, fmt="{:.2f}",
-    )
+    if not worst:
+        return None
+    reading = (f"The lowest neighbour overlap is {_fmt(worst[0], 2)} ({worst[1]} embeddings, {worst[2]} → {worst[3]}): "
+               f"on average only {_fmt(100 * worst[0], 0)}% of an item's {k} nearest neighbours are kept.")
+    return stage_pairs_figure(analysis, probe, ref, "knn_overlap_mean", key=f"overlap_stages_{probe}", section="neighbours",
+                              title=f"Neighbour overlap (top-{k})", unit="fraction of neighbours kept (0-1)", reading=reading,
+                              self_value=1.0, fmt="{:.2f}", n_probes=n_probes)
 
 
 def cross_stage_matrix(analysis, probe: str) -> np.ndarray | None:
@@ -345,7 +404,7 @@ def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> Rep
             width = s["variance_share"].to_numpy(dtype=float)
             edges = 100.0 * np.r_[0.0, np.cumsum(width)]
             angles = s["angle_deg"].to_numpy(dtype=float)
-            ax.stairs(angles, edges, color=cmap[i], linewidth=1.5, label=f"{ref} → {stage}")
+            step_line(ax, angles, edges, color=cmap[i], linewidth=1.5, label=f"{ref} → {stage}")
         ax.set_title(labels[kind])
         ax.set_xlabel("share of the variance (%), planes by angle")
         ax.set_xlim(0, 100)
@@ -381,31 +440,17 @@ def _rigid_reading(analysis, spectra, probe: str, ref: str, last: str) -> str:
 def topology_lines(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
     """Mean topology change against the reference stage and between consecutive stages."""
     stages = stage_order(analysis)
-    s = analysis.summary
-    value = summary_values(s)
-    sel = s[(s["metric"] == "topology_change_mean_deg") & (s["probe"].astype(str) == probe)]
-    if not len(sel):
-        return None
-    fig = _figure(7.5, 3.6, {"left": 0.75, "bottom": 0.55, "top": 0.15})
-    ax = fig.subplots()
-    x = np.arange(len(stages))
-    for mod in MODALITIES:
-        vs_ref = [value("topology_change_mean_deg", probe, mod, ref, st) if st != ref else 0.0 for st in stages]
-        cons = [np.nan] + [value("topology_change_mean_deg", probe, mod, a, b) for a, b in zip(stages[:-1], stages[1:])]
-        ax.plot(x, vs_ref, marker="o", color=MODALITY_COLORS[mod], label=f"{mod}: against {ref}")
-        ax.plot(x, cons, marker="s", linestyle="--", color=MODALITY_COLORS[mod], alpha=0.8, label=f"{mod}: previous stage")
-    ax.set_xticks(x, stages)
-    ax.set_xlabel("stage")
-    ax.set_ylabel("mean topology change (degrees)")
-    ax.legend(ncols=2)
-    last = stages[-1]
+    value = summary_values(analysis.summary)
+    last = stages[-1] if stages else ref
     vi = value("topology_change_mean_deg", probe, "image", ref, last)
     vt = value("topology_change_mean_deg", probe, "text", ref, last)
     reading = (
         f"The angles between pairs of items change by {_fmt(vi)}° (image) and {_fmt(vt)}° (text) on average "
         f"from {ref} to {last}: this is distortion of the space that a global rotation cannot explain."
     )
-    return ReportFigure(f"topology_{probe}", "topology", f"Topology change across stages{_probe_label(probe, n_probes)}", fig, reading)
+    return pair_lines(analysis, probe, ref, "topology_change_mean_deg", key=f"topology_{probe}", section="topology",
+                      title=f"Topology change across stages{_probe_label(probe, n_probes)}", unit="mean topology change (degrees)",
+                      reading=reading, self_value=0.0)
 
 
 # --- inter-modal deviation --------------------------------------------------------------------------------
