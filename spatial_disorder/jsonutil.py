@@ -29,7 +29,24 @@ def clean(value):
 
 
 def records(frame: pd.DataFrame | None) -> list[dict]:
-    """A table as a list of cleaned row dicts ([] for None or an empty table)."""
+    """A table as a list of cleaned row dicts ([] for None or an empty table), as ``clean`` makes each value.
+
+    Built column by column: numeric and boolean columns are unwrapped in one pass each (NaN and inf as None), only
+    other columns go through ``clean`` value by value (a report's spectra table has tens of thousands of rows)."""
     if frame is None or not len(frame):
         return []
-    return [clean(r) for r in frame.to_dict(orient="records")]
+    names = [str(c) for c in frame.columns]
+    return [dict(zip(names, row)) for row in zip(*(_column_values(frame.iloc[:, i]) for i in range(frame.shape[1])))]
+
+
+def _column_values(column: pd.Series) -> list:
+    dtype = column.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        values = column.to_numpy()
+        out = values.tolist()
+        for i in np.flatnonzero(~np.isfinite(values)).tolist():
+            out[i] = None
+        return out
+    if isinstance(dtype, np.dtype) and dtype.kind in "iub":
+        return column.to_numpy().tolist()
+    return [None if v is pd.NA else clean(v) for v in column.astype(object).tolist()]  # NA as to_dict gives it

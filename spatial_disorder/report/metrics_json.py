@@ -45,7 +45,17 @@ def metric_entry(name: str) -> dict:
 
 
 def dumps(doc: dict) -> bytes:
-    return (json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+    """The document as indented JSON, except that a table (a list of row objects) has one row per line: as readable
+    and diffable, a third of the size, and written by the C encoder (``json`` indents in pure Python)."""
+    row = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
+    parts = []
+    for key, value in doc.items():
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            text = "[\n" + ",\n".join("    " + row.encode(r) for r in value) + "\n  ]"
+        else:
+            text = json.dumps(value, indent=2, allow_nan=False, ensure_ascii=False).replace("\n", "\n  ")
+        parts.append(f"  {json.dumps(key, ensure_ascii=False)}: {text}")
+    return ("{\n" + ",\n".join(parts) + "\n}\n").encode("utf-8")
 
 
 def json_schema() -> dict:
