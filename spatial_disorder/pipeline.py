@@ -17,6 +17,9 @@ and drawn after, as ``make_report`` does. ``RunAnalysis.combine`` joins the sets
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -59,10 +62,14 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
         return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
     last = run.stages[-1]
     _FORKED.update(run=run, options=analysis_options)  # what the workers inherit to analyse sets with
+    early = None
     try:
+        # the last set goes to a process forked now, before matplotlib is loaded: the second core works meanwhile
+        early = _EarlySet(names[-1])
         with render.FigureDrawer(ref, last, len(names), figure_formats(png), workers, progress).start() as drawer:
             _FORKED.clear()
-            queued = {name: drawer.call(_analyse_set, name) for name in names[1:]}
+            queued = {name: drawer.call(_analyse_set, name) for name in names[1:-1]}
+            queued[names[-1]] = early
             parts = []
             for i, name in enumerate(names):
                 part = _collect(queued.get(name), drawer)
@@ -75,6 +82,8 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
             report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, drawer=drawer)
     finally:
         _FORKED.clear()
+        if early is not None:
+            early.stop()
     return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
 
 
@@ -86,6 +95,54 @@ def _analyse_set(name: str) -> RunAnalysis | None:
         return analyze_run(_FORKED["run"], probes=[name], **_FORKED["options"])
     except Exception:
         return None
+
+
+class _EarlySet:
+    """One probe set analysed in a process forked before the drawing workers (``_analyse_set``), so that it starts
+    while the main process loads matplotlib for them (most of a second on one core, the other idle). To ``_collect``
+    and ``FigureDrawer.draw_until`` it looks like a started Future; a process that fails or dies gives None, and the
+    set is analysed in the main process."""
+
+    def __init__(self, name: str):
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_analyse_early, args=(name, child), daemon=True)
+        self._proc.start()
+        child.close()
+        self._result: RunAnalysis | None = None
+        self._done = False
+
+    def cancel(self) -> bool:
+        return False  # it started at once
+
+    def done(self) -> bool:
+        return self._done or self._conn.poll()  # a result, or the end of the pipe (the process is gone)
+
+    def result(self) -> RunAnalysis | None:
+        if not self._done:
+            try:
+                self._result = pickle.loads(self._conn.recv_bytes())
+            except (EOFError, OSError, pickle.UnpicklingError):
+                self._result = None
+            self._done = True
+            self.stop()
+        return self._result
+
+    def stop(self) -> None:
+        """End the process (at once if it is still working: the caller failed) and close the pipe."""
+        if self._proc.is_alive() and not self._done:
+            self._proc.terminate()
+        self._proc.join()
+        self._conn.close()
+
+
+def _analyse_early(name: str, conn) -> None:
+    """In the early process: the set's analysis (or None), pickled down the pipe. Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send_bytes(pickle.dumps(_analyse_set(name), protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        conn.close()
 
 
 def _collect(future, drawer: render.FigureDrawer) -> RunAnalysis | None:

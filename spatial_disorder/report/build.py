@@ -154,20 +154,33 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
         raise ValueError(f"the drawer was made for stages {drawer.ref} -> {drawer.last}, formats {drawer.formats} and "
                          f"{drawer.n_probes} probe sets, not {ref} -> {last}, {formats} and {len(probes)}")
 
-    def data_files():  # the tables and metrics.json, encoded while the figures are drawn
+    def meanwhile():  # everything but the figures, built while they are drawn
         tables, doc = csv_tables(analysis, ref, last, all_items), metrics_document(analysis, run_info(run))
         encoded = {k: v for k, v in report_files("", tables, {}, {"metrics.json": dumps(doc)}).items() if k != "index.html"}
-        return tables, doc, encoded
+        return tables, doc, encoded, _page_parts(analysis, run, stages, probes, ref, last, flips)
 
-    figs, rendered, (tables, doc, encoded) = drawer.finish(meanwhile=data_files)
+    figs, rendered, (tables, doc, encoded, (sections, overview, head)) = drawer.finish(meanwhile=meanwhile)
+    for sec in sections:
+        sec.figures = [(f, rendered[f.key]["svg"]) for f in figs if f.section == sec.anchor]
+    name = Path(str(run.path)).name if run is not None else "embedding arrays"
+    title = title or f"Spatial-disorder report: {name}"
+    from .._version import __version__
 
+    saved = "SVG and PNG" if png else "SVG (PNG with --png)"
+    html = page(title, overview, sections, footer=f"Written by spatial-disorder {__version__}. Figures are also saved as {saved} under figures/.")
+    return Report(title, html, doc, tables, figs, rendered, format_headline(head, ref, last), encoded)
+
+
+def _page_parts(analysis, run, stages, probes, ref, last, flips: bool) -> tuple[list, str, pd.DataFrame]:
+    """The page without its figures: the sections with their tables and definitions (figures added once drawn), the
+    overview with the headline table, and the headline."""
     names = list(dict.fromkeys(analysis.summary["metric"])) if len(analysis.summary) else []
     sections, shown = [], set()
     for key in F.SECTIONS:
         heading, intro = SECTION_TITLES[key]
         metrics = [m for m in section_metrics(key) if m in names]
         shown.update(metrics)
-        sec = Section(key, heading, intro, [(f, rendered[f.key]["svg"]) for f in figs if f.section == key])
+        sec = Section(key, heading, intro, [])
         if key == "upgrade":
             for probe in probes:
                 bridge_table = U.upgrade_table(analysis, probe, ref, last)
@@ -193,16 +206,10 @@ def make_report(analysis, run=None, *, ref=None, title: str | None = None, flips
         sections.append(Section("other", "Other metrics", "Metrics computed by the analyzers that no section above plots.",
                                 tables=[(f"Values, stage {ref} → {last}", _section_table(analysis, other, ref, last))],
                                 definitions=definitions(other)))
-    name = Path(str(run.path)).name if run is not None else "embedding arrays"
-    title = title or f"Spatial-disorder report: {name}"
     overview = _overview(analysis, run, stages, probes, ref)
     head = headline(analysis, ref, last)
     if len(head):
         overview += f"<h3>Headline, stage {ref} → {last}</h3>" + table_html(head)
         if {"rotation_mean_deg", "procrustes_angle_deg"} <= set(head["metric"]):
             overview += ROTATION_NOTE
-    from .._version import __version__
-
-    saved = "SVG and PNG" if png else "SVG (PNG with --png)"
-    html = page(title, overview, sections, footer=f"Written by spatial-disorder {__version__}. Figures are also saved as {saved} under figures/.")
-    return Report(title, html, doc, tables, figs, rendered, format_headline(head, ref, last), encoded)
+    return sections, overview, head
