@@ -6,7 +6,8 @@ drawing the figures costs more CPU than the analysis. So with several such probe
 (render.FigureDrawer) are started first, with matplotlib already loaded for them to inherit, and the run is analysed
 set by set (``analyze_run(run, probes=[p])``, one BLAS thread each: spinning BLAS threads on busy cores made the
 analysis twice as slow; ``analyze_run`` limits itself to one for such sets, ``analysis.SMALL_SET_VALUES``): the first
-set here, the others in the workers. While this process waits for a worker's set it draws the finished sets' figures
+set here, the last in a process forked before matplotlib is loaded (``_EarlySet``: loading it keeps one core busy for
+most of a second, and the other would idle), the others in the workers. While this process waits for a worker's set it draws the finished sets' figures
 that no worker has started (``FigureDrawer.draw_until``), and a set no worker has started yet it analyses itself, so
 no core waits while there is work. A set a worker fails on (or dies on) is analysed here again, where its error, if
 it has one, is raised with its one-line message. Larger sets, whose products do use every core, are analysed first
@@ -100,8 +101,8 @@ def _analyse_set(name: str) -> RunAnalysis | None:
 class _EarlySet:
     """One probe set analysed in a process forked before the drawing workers (``_analyse_set``), so that it starts
     while the main process loads matplotlib for them (most of a second on one core, the other idle). To ``_collect``
-    and ``FigureDrawer.draw_until`` it looks like a started Future; a process that fails or dies gives None, and the
-    set is analysed in the main process."""
+    and ``FigureDrawer.draw_until`` it looks like a started Future: None if the analysis failed, BrokenProcessPool if
+    the process died; either way the set is then analysed in the main process."""
 
     def __init__(self, name: str):
         ctx = multiprocessing.get_context("fork")
@@ -119,13 +120,15 @@ class _EarlySet:
         return self._done or self._conn.poll()  # a result, or the end of the pipe (the process is gone)
 
     def result(self) -> RunAnalysis | None:
+        """The set's analysis, or None if it failed; BrokenProcessPool if the process died (killed for memory, say)."""
         if not self._done:
             try:
                 self._result = pickle.loads(self._conn.recv_bytes())
-            except (EOFError, OSError, pickle.UnpicklingError):
-                self._result = None
-            self._done = True
-            self.stop()
+            except (EOFError, OSError, pickle.UnpicklingError) as e:
+                raise BrokenProcessPool("the process analysing a probe set died") from e
+            finally:
+                self._done = True
+                self.stop()
         return self._result
 
     def stop(self) -> None:

@@ -181,6 +181,29 @@ def test_a_set_a_worker_fails_to_analyse_is_analysed_here(three_sets, monkeypatc
     assert not multiprocessing.active_children()
 
 
+def test_the_set_analysed_before_the_workers_start_may_die_too(three_sets, monkeypatch, capsys):
+    """The last set is analysed in a process forked before matplotlib is loaded; if that process dies, the set is
+    analysed here, after the usual one-line warning, and nothing is left running."""
+    if not render.can_fork():
+        pytest.skip("probe sets are analysed in other processes only where they can be forked")
+    parent, real = os.getpid(), P.analyze_run
+    calls = []
+
+    def last_dies(run, **kw):
+        if os.getpid() != parent and kw["probes"] == ["held"]:
+            os._exit(1)
+        if os.getpid() == parent:
+            calls.append(kw["probes"])
+        return real(run, **kw)
+
+    monkeypatch.setattr(P, "analyze_run", last_dies)
+    done = P.analyze_and_report(three_sets, backend="numpy", workers=2)
+    assert calls == [["old"], ["held"]]  # "new" in a drawing worker, "held" here after its process died
+    _same_report(done.report, make_report(real(three_sets, backend="numpy"), three_sets, workers=1))
+    assert "worker process died" in capsys.readouterr().err
+    assert not multiprocessing.active_children()
+
+
 def test_an_error_in_a_set_analysed_by_a_worker_reaches_the_user_as_one_line(three_sets, tmp_path, capsys, monkeypatch):
     real = P.analyze_run
 
