@@ -220,6 +220,16 @@ def test_scatter_reading_from_hand_made_items():
     assert F.rotation_scatter(_frames(), "p", "a", "b", None) is None  # no items for that pair
 
 
+def test_a_dense_scatter_is_one_image_in_its_svg_and_a_sparse_one_stays_vector(monkeypatch):
+    monkeypatch.setattr(F, "RASTER_POINTS", 2)  # the hand-made frames hold 3 captions
+    dense = F.rotation_scatter(_frames(), "p", "a", "c", np.array([0, 1, 1]))
+    monkeypatch.setattr(F, "RASTER_POINTS", 3)
+    sparse = F.rotation_scatter(_frames(), "p", "a", "c", np.array([0, 1, 1]))
+    assert dense.figure.axes[0].collections[0].get_rasterized() and not sparse.figure.axes[0].collections[0].get_rasterized()
+    svg = {name: F.render_figure(f)["svg"] for name, f in (("dense", dense), ("sparse", sparse))}
+    assert b"<image" in svg["dense"] and b"<image" not in svg["sparse"]
+
+
 def test_heatmap_reading_names_the_worst_pair():
     fig = F.rotation_stages(_frames(), "p", "a")
     assert "largest mean rotation between two analysed stages is 40.0° (image embeddings, a → c)" in fig.reading
