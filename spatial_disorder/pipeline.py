@@ -7,13 +7,13 @@ drawing the figures costs more CPU than the analysis. So with several such probe
 set by set (``analyze_run(run, probes=[p])``, one BLAS thread each: spinning BLAS threads on busy cores made the
 analysis twice as slow; ``analyze_run`` limits itself to one for such sets, ``analysis.SMALL_SET_VALUES``): the first
 set here, the last in a process forked before matplotlib is loaded (``_EarlySet``: loading it keeps one core busy for
-most of a second, and the other would idle), the others in the workers. While this process waits for a worker's set it draws the finished sets' figures
-that no worker has started (``FigureDrawer.draw_until``), and a set no worker has started yet it analyses itself, so
-no core waits while there is work. A set a worker fails on (or dies on) is analysed here again, where its error, if
-it has one, is raised with its one-line message. Larger sets, whose products do use every core, are analysed first
-and drawn after, as ``make_report`` does. ``RunAnalysis.combine`` joins the sets' analyses into the analysis
-``analyze_run`` gives over all of them (tests/test_pipeline.py checks table for table), so the report is the one
-``make_report`` writes from that analysis.
+most of a second, and the other would idle), the others in the workers. While this process waits for a worker's set it
+draws the finished sets' figures that no worker has started (``FigureDrawer.draw_until``), and a set no worker has
+started yet it analyses itself, so no core waits while there is work. A set a worker fails on (or dies on) is analysed
+here again, where its error, if it has one, is raised with its one-line message. Larger sets, whose products do use
+every core, are analysed first and drawn after, as ``make_report`` does. ``RunAnalysis.combine`` joins the sets'
+analyses into the analysis ``analyze_run`` gives over all of them (tests/test_pipeline.py checks table for table), so
+the report is the one ``make_report`` writes from that analysis.
 """
 
 from __future__ import annotations
