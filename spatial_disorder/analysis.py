@@ -8,9 +8,13 @@ reuses them. Unit-normalised float32 copies of at most a few stages are held at 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html import escape
 
@@ -39,6 +43,7 @@ from .metrics.procrustes import (
     DEFAULT_FLOOR,
     Gram,
     gram,
+    small_linalg,
 )
 from .metrics.registry import FAMILIES, METRICS
 from .metrics.retrieval import (
@@ -81,6 +86,8 @@ N_TRAJECTORY_ITEMS = 6
 # products are too small for a second thread to help, and its spinning costs as much CPU again (the quickstart run,
 # 3 sets of 1,200 captions x 64: the same wall time, 5.2 instead of 9.7 CPU s). A COCO-test set (25,000 x 512) uses them all.
 SMALL_SET_VALUES = 1_000_000
+# Stage pairs of a larger set analysed at once, each in its own thread with its share of the cores (``_analyse_pairs``).
+PAIR_THREADS = 2
 # the run-level tables written to metrics.json (items and paired angles go to CSV only)
 JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories", "bridge_curve")
 FRAME_FIELDS = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories", "bridge_curve")
@@ -381,6 +388,11 @@ class _Engine:
         self._topology: dict = {}  # (stage, probe, modality) -> pair angles of the topology items
         self._kl: OrderedDict = OrderedDict()  # (stage, probe) -> log-probability rows for the KL
         self.symmetric_min_rows = SYMMETRIC_MIN_ROWS
+        # pairs may be analysed by several threads at once (``_analyse_pairs``): each cache entry is computed once, under
+        # its own lock, and the caches' bookkeeping (insertion, eviction, timing sums) happens under ``_guard``
+        self._guard = threading.RLock()
+        self._key_locks: dict = {}
+        self.pair_threads = 1  # set by analyze_run / analyze_arrays (``pair_threads``)
         if not temperature > 0:
             raise InputError(f"temperature must be positive, got {temperature}")
         self._check_shapes()
@@ -423,24 +435,49 @@ class _Engine:
                     n = self.sizes[(probe, m)]
                     self.trajectory_rows[(probe, m)] = np.unique(np.linspace(0, n - 1, min(N_TRAJECTORY_ITEMS, n)).round().astype(int))
 
+    def _once(self, cache: dict, key, compute: Callable):
+        """``cache[key]``, computed by ``compute()`` the first time: once, even when several pair threads ask at once."""
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        with self._guard:
+            lock = self._key_locks.setdefault((id(cache), key), threading.Lock())
+        with lock:
+            if key not in cache:
+                value = compute()
+                with self._guard:
+                    cache[key] = value
+            return cache[key]
+
+    def add_time(self, key: str, seconds: float) -> None:
+        """Add wall seconds to ``timing[key]`` (pair threads add to the same keys)."""
+        with self._guard:
+            self.timing[key] = self.timing.get(key, 0.0) + seconds
+
     def unit(self, stage, probe, modality) -> np.ndarray:
         key = (stage, probe)
-        if key not in self._arrays:
+
+        def normalise():
             t = time.perf_counter()
-            self._arrays[key] = {m: as_unit_rows(self.get(stage, probe, m), f"stage {stage!r}, probe {probe!r}, {m}") for m in self.probes[probe]}
-            self.timing["normalise_s"] += time.perf_counter() - t
-            self._arrays.move_to_end(key)
+            arrays = {m: as_unit_rows(self.get(stage, probe, m), f"stage {stage!r}, probe {probe!r}, {m}") for m in self.probes[probe]}
+            self.add_time("normalise_s", time.perf_counter() - t)
+            return arrays
+
+        arrays = self._once(self._arrays, key, normalise)
+        with self._guard:
+            if key in self._arrays:
+                self._arrays.move_to_end(key)
             evictable = [k for k in self._arrays if k[0] not in self.pinned and k != key]
             while len(self._arrays) > self.cache_stages and evictable:
                 del self._arrays[evictable.pop(0)]
-        self._arrays.move_to_end(key)
-        return self._arrays[key][modality]
+        return arrays[modality]
 
     # per stage ---------------------------------------------------------------------------------------
     def stage(self, stage, probe) -> _StageData:
-        key = (stage, probe)
-        if key in self.stage_data:
-            return self.stage_data[key]
+        return self._once(self.stage_data, (stage, probe), lambda: self._stage(stage, probe))
+
+    def _stage(self, stage, probe) -> _StageData:
         sd = _StageData()
         mods = self.probes[probe]
         for m in mods:
@@ -453,7 +490,7 @@ class _Engine:
             else:
                 _, sd.knn[m] = self.backend.topk(x if rows is None else x[rows], x, self.k, exclude_self=True, query_rows=rows,
                                                  normalized=True)
-            self.timing["knn_s"] += time.perf_counter() - t
+            self.add_time("knn_s", time.perf_counter() - t)
         if len(mods) == 2:
             img, txt, t2i = self.unit(stage, probe, "image"), self.unit(stage, probe, "text"), self.t2i[probe]
             t = time.perf_counter()
@@ -467,14 +504,13 @@ class _Engine:
             sd.scores = scores_from_ranks(sd.ranks)
             if ri is not None or rt is not None:
                 sd.score_ci = _recall_ci(sd.ranks, {"i2t": img.shape[0], "t2i": txt.shape[0]})
-            self.timing["retrieval_s"] += time.perf_counter() - t
+            self.add_time("retrieval_s", time.perf_counter() - t)
             sd.paired = paired_angles(img, txt, t2i, normalized=True)
             sd.gap = float(np.linalg.norm(centroid(img) - centroid(txt)))
             rows = self.cross_rows[probe]
             sd.cross_queries = img if rows is None else img[rows]
         for m in mods:
             sd.trajectory[m] = self.unit(stage, probe, m)[self.trajectory_rows[(probe, m)]].copy()
-        self.stage_data[key] = sd
         return sd
 
     def topology(self, a, b, probe, m):
@@ -482,9 +518,8 @@ class _Engine:
         n = self.sizes[(probe, m)]
         items = topology_items(n, self.topology_max_items, self.seed)
         for s in (a, b):
-            if (s, probe, m) not in self._topology:
-                x = self.unit(s, probe, m)
-                self._topology[(s, probe, m)] = pair_angles(x if items is None else x[items])
+            self._once(self._topology, (s, probe, m), lambda s=s: pair_angles(self.unit(s, probe, m) if items is None
+                                                                             else self.unit(s, probe, m)[items]))
         return topology_from_angles(self._topology[(a, probe, m)], self._topology[(b, probe, m)], n, items)
 
     def cross_stage_r1(self, image_stage, text_stage, probe) -> CrossStageCell:
@@ -493,9 +528,9 @@ class _Engine:
         The same ``cross_stage_queries`` seeded image rows at every stage (all rows when there are fewer), the whole
         caption gallery; a 95% interval when rows are sampled. Cells are cached for the pair metrics and the matrix.
         """
-        key = (image_stage, text_stage, probe)
-        if key in self._cross:
-            return self._cross[key]
+        return self._once(self._cross, (image_stage, text_stage, probe), lambda: self._cross_stage_r1(image_stage, text_stage, probe))
+
+    def _cross_stage_r1(self, image_stage, text_stage, probe) -> CrossStageCell:
         t = time.perf_counter()
         rows, n_img = self.cross_rows[probe], self.sizes[(probe, "image")]
         t2i = self.t2i[probe]
@@ -513,22 +548,22 @@ class _Engine:
                                   backend=self.backend).i2t
         p = float(np.mean(ranks == 1))
         lo, hi = _proportion_ci(p, len(ranks), n_img)
-        self._cross[key] = CrossStageCell(100.0 * p, 100.0 * lo, 100.0 * hi, len(ranks))
-        self.timing["cross_stage_s"] += time.perf_counter() - t
-        return self._cross[key]
+        self.add_time("cross_stage_s", time.perf_counter() - t)
+        return CrossStageCell(100.0 * p, 100.0 * lo, 100.0 * hi, len(ranks))
 
     def kl(self, a, b, probe) -> ContrastiveKL:
         """Contrastive KL of one pair from per-stage log-probability rows (a few stages cached)."""
         n_img, n_txt = self.sizes[(probe, "image")], self.sizes[(probe, "text")]
         ri, rt = kl_rows(n_img, n_txt, KL_EXACT_MAX, 64 if self.fast else KL_SAMPLE_ROWS, self.seed)
+        rows = []
         for s in (a, b):
-            if (s, probe) not in self._kl:
-                self._kl[(s, probe)] = contrastive_log_probs(self.unit(s, probe, "image"), self.unit(s, probe, "text"), ri, rt,
-                                                             self.temperature, self.backend)
+            rows.append(self._once(self._kl, (s, probe), lambda s=s: contrastive_log_probs(
+                self.unit(s, probe, "image"), self.unit(s, probe, "text"), ri, rt, self.temperature, self.backend)))
+            with self._guard:
                 evictable = [k for k in self._kl if k[0] not in self.pinned and k[0] not in (a, b)]
                 while len(self._kl) > self.cache_stages and evictable:
                     del self._kl[evictable.pop(0)]
-        (ia, ta), (ib, tb) = self._kl[(a, probe)], self._kl[(b, probe)]
+        (ia, ta), (ib, tb) = rows
         i2t, t2i = float(kl_from_log_probs(ia, ib).mean()), float(kl_from_log_probs(ta, tb).mean())
         return ContrastiveKL(i2t, t2i, (i2t + t2i) / 2.0, len(ri), len(rt), float(self.temperature))
 
@@ -542,18 +577,14 @@ class _Engine:
                 t = time.perf_counter()
                 family.pair(ctx)
                 # per family, including the per-stage caches it fills first (Gram matrices, topology angles, cross-stage cells)
-                key = f"family_{family.name}_s"
-                self.timing[key] = self.timing.get(key, 0.0) + time.perf_counter() - t
+                self.add_time(f"family_{family.name}_s", time.perf_counter() - t)
         for modality, cols in ctx.columns.items():
             out["items"].append(self._item_frame(a, b, probe, modality, cols))
-        self.timing["pairs_s"] += time.perf_counter() - t0
+        self.add_time("pairs_s", time.perf_counter() - t0)
 
     def stage_gram(self, stage, probe, modality) -> Gram:
         """Gram matrix of one stage's (fit rows of) unit embeddings, computed once per stage."""
-        sd = self.stage(stage, probe)
-        if modality not in sd.gram:
-            sd.gram[modality] = gram(self.fit_unit(stage, probe, modality))
-        return sd.gram[modality]
+        return self._once(self.stage(stage, probe).gram, modality, lambda: gram(self.fit_unit(stage, probe, modality)))
 
     def fit_unit(self, stage, probe, modality) -> np.ndarray:
         """The unit rows the Procrustes fits use: every row, or fast mode's seeded fit rows (copied once while the stage
@@ -562,10 +593,10 @@ class _Engine:
         rows = self.fit_rows.get((probe, modality))
         if rows is None:
             return x
-        cached = self._arrays[(stage, probe)]
-        if ("fit", modality) not in cached:
-            cached[("fit", modality)] = x[rows]
-        return cached[("fit", modality)]
+        cached = self._arrays.get((stage, probe))
+        if cached is None:  # evicted meanwhile by another pair thread: a copy for this use only
+            return x[rows]
+        return self._once(cached, ("fit", modality), lambda: x[rows])
 
     def _item_frame(self, a, b, probe, modality, cols) -> pd.DataFrame:
         n = len(next(iter(cols.values())))
@@ -668,11 +699,15 @@ def default_pairs(stages: list[str], ref: int | str = 0, consecutive: bool = Tru
 def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None, ref=None) -> tuple:
     out = {"summary": [], "items": [], "spectra": []}
     retrieval, paired = [], []
-    for probe in engine.probes:
-        for i, (a, b) in enumerate(pairs):
-            if progress:
-                print(f"[{probe}] pair {i + 1}/{len(pairs)}: {a} -> {b}", flush=True)
-            engine.pair(a, b, probe, out)
+    tables: dict = {}
+    probes = list(engine.probes)
+    for probe in probes:
+        # the cross-stage cells no pair needs and the run-level tables (the bridge's learning curve: the reference and
+        # last stages of every set) are computed beside the pairs when pairs run in threads, after them otherwise
+        also = [functools.partial(engine.cross_stage_r1, img, txt, probe) for txt, img in _cross_stage_cells(engine, probe, stages)]
+        if probe == probes[-1]:
+            also.append(lambda: tables.update(_run_tables(engine, ref, stages[-1] if stages else ref)))
+        _analyse_pairs(engine, pairs, probe, out, progress, also=also)
         for s in stages:
             sd = engine.stage(s, probe)
             if sd.scores is not None:
@@ -689,8 +724,72 @@ def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None,
     paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(columns=["stage", "probe", "row", "id", "paired_angle_deg"])
     continual = continual_from_retrieval(retrieval_df, list(stages), learned_at)
     return dict(summary=summary, items=items, retrieval=retrieval_df, spectra=spectra, paired=paired_df, continual=continual,
-                cross_stage=_cross_stage_frame(engine, stages), trajectories=_trajectories(engine, stages),
-                **_run_tables(engine, ref, stages[-1] if stages else ref))
+                cross_stage=_cross_stage_frame(engine, stages), trajectories=_trajectories(engine, stages), **tables)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pair_threads(values: int, n_pairs: int) -> int:
+    """How many stage pairs of a probe set holding ``values`` values are analysed at once: ``PAIR_THREADS`` for a set
+    larger than ``SMALL_SET_VALUES`` (one is analysed on one thread anyway) with at least two pairs and two cores."""
+    if values <= SMALL_SET_VALUES or n_pairs < 2:
+        return 1
+    return max(1, min(PAIR_THREADS, n_pairs, _cores()))
+
+
+def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) -> None:
+    """Every pair of one probe set, rows appended to ``out`` in pair order, and the calls in ``also``.
+
+    With ``engine.pair_threads`` > 1 the stages (kNN searches, retrieval ranks), then the pairs and ``also``, run in that
+    many threads, each with its share of the cores for BLAS and OpenMP (faiss). Much of the work (d x d eigenproblems,
+    counting passes, small products, the families' numpy steps) keeps one core busy whatever the thread count, so two
+    jobs side by side on one thread each use two cores where one job on two threads used about one and a half. Each
+    stage's kNN lists, ranks and caches are still computed once (``_Engine._once``), and the rows are the same."""
+    workers = engine.pair_threads
+
+    def job(i, part):
+        def work():
+            a, b = pairs[i]
+            if progress:
+                print(f"[{probe}] pair {i + 1}/{len(pairs)}: {a} -> {b}", flush=True)
+            engine.pair(a, b, probe, part)
+        return work
+
+    if workers < 2:
+        for i in range(len(pairs)):
+            job(i, out)()
+        for work in also:
+            work()
+        return
+    per = max(1, _cores() // workers)
+    parts = [{key: [] for key in out} for _ in pairs]
+
+    def run(work):
+        # OpenMP's thread count is per thread: each pair thread sets its own (faiss searches run in them)
+        with threadpool_limits(limits=per, user_api="openmp"), (small_linalg() if per == 1 else contextlib.nullcontext()):
+            work()
+
+    stages = [functools.partial(engine.stage, s, probe) for s in dict.fromkeys(s for pair in pairs for s in pair)]
+    t = time.perf_counter()
+    with threadpool_limits(limits=per, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        # stages first: a pair waiting for a stage another thread is computing would leave its core idle
+        futures = [pool.submit(run, w) for w in [*stages, *[job(i, parts[i]) for i in range(len(pairs))], *also]]
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    engine.add_time("side_by_side_s", time.perf_counter() - t)
+    for part in parts:
+        for key, rows in part.items():
+            out[key].extend(rows)
 
 
 def _run_tables(engine: _Engine, ref, last) -> dict:
@@ -704,17 +803,21 @@ def _run_tables(engine: _Engine, ref, last) -> dict:
     return out
 
 
+def _cross_stage_cells(engine: _Engine, probe, stages) -> list[tuple[str, str]]:
+    """The (text stage, image stage) cells of a probe set's cross-stage matrix, text stage outermost (each caption
+    gallery is normalised once); none without both modalities or with more than ``CROSS_STAGE_MAX_STAGES`` stages."""
+    if not 1 < len(stages) <= CROSS_STAGE_MAX_STAGES or len(engine.probes[probe]) != 2:
+        return []
+    return [(txt, img) for txt in stages for img in stages]
+
+
 def _cross_stage_frame(engine: _Engine, stages) -> pd.DataFrame:
     """Cross-stage image-to-text R@1 of every (image stage, text stage) cell, per probe set with both modalities."""
     rows = []
-    if 1 < len(stages) <= CROSS_STAGE_MAX_STAGES:
-        for probe, mods in engine.probes.items():
-            if len(mods) != 2:
-                continue
-            for txt in stages:  # text stage outermost: each caption gallery is normalised once
-                for img in stages:
-                    c = engine.cross_stage_r1(img, txt, probe)
-                    rows.append((probe, img, txt, c.value, c.ci_low, c.ci_high, c.queries))
+    for probe in engine.probes:
+        for txt, img in _cross_stage_cells(engine, probe, stages):
+            c = engine.cross_stage_r1(img, txt, probe)
+            rows.append((probe, img, txt, c.value, c.ci_low, c.ci_high, c.queries))
     return pd.DataFrame(rows, columns=CROSS_STAGE_COLUMNS)
 
 
@@ -820,8 +923,11 @@ def analyze_run(
                      fast_queries=fast_queries, fast_rows=fast_rows, topology_max_items=topology_max_items, progress=progress, rotation_floor=rotation_floor,
                      id_tables={p: run.probes[p] for p in names})
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
+    values = max(probe_values(run, p) for p in names)
+    engine.pair_threads = pair_threads(values, len(pairs))
+    engine.cache_stages += engine.pair_threads - 1  # pairs side by side hold a stage more each
     t = time.perf_counter()
-    with _threads_for(max(probe_values(run, p) for p in names)):
+    with _threads_for(values):
         tables = _run_engine(engine, pairs, used, progress, learned, ref=ref_name if ref_name in used else None)
     meta = _meta(engine, used, pairs, {"run": str(run.path), "ref": ref_name, "learned_at": learned,
                                        "total_s": round(time.perf_counter() - t, 3)})

@@ -14,6 +14,7 @@ bridged on a seeded subset of that many images and their captions (``bridge_fit_
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -75,20 +76,20 @@ class _State:
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
 
 
 def _state(engine) -> _State:
-    if engine not in _STATES:
-        _STATES[engine] = _State()
-    return _STATES[engine]
+    with _STATES_LOCK:  # pair threads (analysis._analyse_pairs) may ask at once
+        if engine not in _STATES:
+            _STATES[engine] = _State()
+        return _STATES[engine]
 
 
 def _view(engine, probe) -> View:
-    state = _state(engine)
-    if probe not in state.views:
-        cap = FAST_MAX_IMAGES if engine.fast else MAX_IMAGES
-        state.views[probe] = bridge_view(engine.sizes[(probe, "image")], engine.t2i[probe], cap, engine.seed)
-    return state.views[probe]
+    cap = FAST_MAX_IMAGES if engine.fast else MAX_IMAGES
+    return engine._once(_state(engine).views, probe, lambda: bridge_view(engine.sizes[(probe, "image")], engine.t2i[probe], cap,
+                                                                         engine.seed))
 
 
 def _arrays(engine, stage, probe, view: View) -> dict:
@@ -97,10 +98,7 @@ def _arrays(engine, stage, probe, view: View) -> dict:
 
 
 def _self_recall(engine, stage, probe, arrays, view) -> dict:
-    state = _state(engine)
-    if (stage, probe) not in state.recall:
-        state.recall[(stage, probe)] = held_out_recall(arrays, view.split)
-    return state.recall[(stage, probe)]
+    return engine._once(_state(engine).recall, (stage, probe), lambda: held_out_recall(arrays, view.split))
 
 
 def _bridge_pair(ctx) -> None:
@@ -118,7 +116,7 @@ def _bridge_pair(ctx) -> None:
         return
     for name in NAMES:
         ctx.put("cross", name, ev.metrics.get(name, float("nan")))
-    engine.timing["bridge_s"] = engine.timing.get("bridge_s", 0.0) + time.perf_counter() - t
+    engine.add_time("bridge_s", time.perf_counter() - t)
 
 
 def _bridge_run(engine, ref: str, last: str) -> dict:
@@ -140,7 +138,7 @@ def _bridge_run(engine, ref: str, last: str) -> dict:
             curve.insert(0, "stage_a", ref)
             curve.insert(0, "probe", probe)
             frames.append(curve)
-    engine.timing["bridge_curve_s"] = time.perf_counter() - t
+    engine.add_time("bridge_curve_s", time.perf_counter() - t)
     frames = [f for f in frames if len(f)]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=BRIDGE_CURVE_COLUMNS)
     return {"bridge_curve": table.reindex(columns=BRIDGE_CURVE_COLUMNS)}

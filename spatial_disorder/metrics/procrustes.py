@@ -11,6 +11,7 @@ outside it. Each plane angle is reported with the share of the variance its plan
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +100,7 @@ def cross_products(a, b, gram_a: Gram | None = None, block: int = _BLOCK) -> Cro
     return CrossProducts(gram_a, c, ds, nd)
 
 
-_LIMIT_DEPTH = [0]
+_LIMIT = threading.local()  # per thread: how deep in small_linalg (pair threads and fit threads nest their own)
 
 
 @contextlib.contextmanager
@@ -108,7 +109,8 @@ def small_linalg(size: int | None = None):
     slower on a busy machine (threads wait on each other) and gain nothing on an idle one. Nested uses cost
     nothing (setting the limit takes milliseconds, so a fit sets it once around all its steps); with ``size`` under
     256 nothing is set (a 64 x 64 decomposition costs less than setting the limit)."""
-    if _LIMIT_DEPTH[0] or (size is not None and size < 256):
+    depth = getattr(_LIMIT, "depth", 0)
+    if depth or (size is not None and size < 256):
         yield
         return
     try:
@@ -118,11 +120,11 @@ def small_linalg(size: int | None = None):
     else:
         limit = threadpool_limits(limits=1, user_api="blas")
     with limit:
-        _LIMIT_DEPTH[0] += 1
+        _LIMIT.depth = depth + 1
         try:
             yield
         finally:
-            _LIMIT_DEPTH[0] -= 1
+            _LIMIT.depth = depth
 
 
 def spectrum_summary(r: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -179,6 +181,8 @@ def principal_basis(moment: np.ndarray, floor: float = DEFAULT_FLOOR) -> tuple[n
         return np.eye(d), 1.0
     sym = (moment + moment.T) / 2.0
     with small_linalg():
+        if _every_direction_holds(sym, floor):  # the common case at d = 512: no eigenvalues needed
+            return np.eye(d), 1.0
         w = np.clip(np.linalg.eigvalsh(sym)[::-1], 0.0, None)
         total = float(w.sum())
         r = max(1, int(np.sum(w >= floor * total / d))) if total > 0.0 else d
@@ -189,6 +193,21 @@ def principal_basis(moment: np.ndarray, floor: float = DEFAULT_FLOOR) -> tuple[n
         else:
             v = np.linalg.eigh(sym)[1][:, : d - r - 1 : -1]
     return v, float(w[:r].sum() / total)
+
+
+def _every_direction_holds(sym: np.ndarray, floor: float) -> bool:
+    """True when every eigenvalue of the symmetric ``sym`` is at least ``floor`` times the average (trace / d): exactly when
+    ``sym - tau I`` has a Cholesky factor, a tenth of the cost of the eigenvalues. On failure (or a boundary case that
+    rounding makes fail) the caller computes the eigenvalues, so the answer never differs from theirs."""
+    d = len(sym)
+    total = float(np.trace(sym))
+    if not total > 0.0:
+        return False
+    try:
+        np.linalg.cholesky(sym - (floor * total / d) * np.eye(d))
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _polar_parts(k: np.ndarray):
