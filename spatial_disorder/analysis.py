@@ -88,6 +88,11 @@ N_TRAJECTORY_ITEMS = 6
 SMALL_SET_VALUES = 1_000_000
 # Stage pairs of a larger set analysed at once, each in its own thread with its share of the cores (``_analyse_pairs``).
 PAIR_THREADS = 2
+# ... in exact mode only up to this many values per set: side by side, two stages' normalised copies, faiss indexes and
+# full kNN lists are held at once (a COCO-test set, 25,000 captions x 512, is 12.8 million values). Above it the
+# fixed per-pair cost is a small part of the searches anyway, and the exact analysis at 100,000 x 512 stays within its
+# memory goal (docs/metrics.md). Fast mode holds less per stage: side by side at any size.
+SIDE_BY_SIDE_MAX_VALUES = 1 << 24
 # the run-level tables written to metrics.json (items and paired angles go to CSV only)
 JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories", "bridge_curve")
 FRAME_FIELDS = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories", "bridge_curve")
@@ -734,10 +739,11 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def pair_threads(values: int, n_pairs: int) -> int:
+def pair_threads(values: int, n_pairs: int, fast: bool = False) -> int:
     """How many stage pairs of a probe set holding ``values`` values are analysed at once: ``PAIR_THREADS`` for a set
-    larger than ``SMALL_SET_VALUES`` (one is analysed on one thread anyway) with at least two pairs and two cores."""
-    if values <= SMALL_SET_VALUES or n_pairs < 2:
+    larger than ``SMALL_SET_VALUES`` (one is analysed on one thread anyway), and in exact mode at most
+    ``SIDE_BY_SIDE_MAX_VALUES``, with at least two pairs and two cores."""
+    if values <= SMALL_SET_VALUES or n_pairs < 2 or (not fast and values > SIDE_BY_SIDE_MAX_VALUES):
         return 1
     return max(1, min(PAIR_THREADS, n_pairs, _cores()))
 
@@ -924,7 +930,7 @@ def analyze_run(
                      id_tables={p: run.probes[p] for p in names})
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     values = max(probe_values(run, p) for p in names)
-    engine.pair_threads = pair_threads(values, len(pairs))
+    engine.pair_threads = pair_threads(values, len(pairs), fast)
     engine.cache_stages += engine.pair_threads - 1  # pairs side by side hold a stage more each
     t = time.perf_counter()
     with _threads_for(values):

@@ -133,6 +133,30 @@ def test_principal_basis_keeps_directions_above_the_floor():
         principal_basis(moment, floor=1.5)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(2, 40), exponent=st.floats(0.0, 3.0), floor=st.sampled_from([0.05, 0.1, 0.3]),
+       empty=st.integers(0, 3), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_the_whole_space_shortcut_agrees_with_the_eigenvalues(seed, d, exponent, floor, empty, scale):
+    """principal_basis skips the eigenvalues when a Cholesky factor says every direction is above the floor: on moments
+    shaped like real embeddings (a power-law spectrum, a common mean, near-empty directions) it keeps exactly the
+    directions the eigenvalues keep."""
+    rng = np.random.default_rng(seed)
+    n = 4 * d + 10
+    spread = np.arange(1, d + 1) ** (-exponent / 2)
+    spread[d - min(empty, d - 1):] *= 1e-4  # near-empty directions
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    x = (rng.normal(size=(n, d)) * spread + 0.5 * rng.normal(size=d)) @ q
+    moment = scale * (x.T @ x) / n
+    w = np.clip(np.linalg.eigvalsh(moment), 0.0, None)
+    expected = int(np.sum(w >= floor * w.sum() / d))
+    basis, held = principal_basis(moment, floor=floor)
+    assert basis.shape == (d, expected)
+    if expected == d:
+        assert held == 1.0 and np.array_equal(basis, np.eye(d))
+    else:
+        assert held == pytest.approx(float(np.sort(w)[::-1][:expected].sum() / w.sum()), rel=1e-9)
+
+
 def test_a_mirror_image_is_not_read_as_a_half_turn_through_an_empty_direction():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 3)) * [1.0, 0.6, 1e-6]  # the third direction is empty

@@ -95,13 +95,17 @@ def test_a_cache_entry_is_computed_once_when_threads_ask_at_once(two_sets):
     assert len(calls) == 1 and len(results) == 6 and all(r is results[0] for r in results)
 
 
-@pytest.mark.parametrize(("values", "pairs", "cores", "expected"), [
-    (10, 9, 16, 1),  # a small set: its analysis is one thread's work
-    (A.SMALL_SET_VALUES + 1, 1, 16, 1),  # one pair
-    (A.SMALL_SET_VALUES + 1, 9, 1, 1),  # one core
-    (A.SMALL_SET_VALUES + 1, 9, 2, 2),
-    (A.SMALL_SET_VALUES + 1, 9, 16, A.PAIR_THREADS),
+@pytest.mark.parametrize(("values", "pairs", "cores", "fast", "expected"), [
+    (10, 9, 16, True, 1),  # a small set: its analysis is one thread's work
+    (A.SMALL_SET_VALUES + 1, 1, 16, False, 1),  # one pair
+    (A.SMALL_SET_VALUES + 1, 9, 1, False, 1),  # one core
+    (A.SMALL_SET_VALUES + 1, 9, 2, False, 2),
+    (A.SMALL_SET_VALUES + 1, 9, 16, False, A.PAIR_THREADS),
+    (25_000 * 512, 9, 2, False, 2),  # the COCO test set's captions
+    (A.SIDE_BY_SIDE_MAX_VALUES + 1, 9, 2, False, 1),  # exact mode holds two stages' searches at once: not at any size
+    (A.SIDE_BY_SIDE_MAX_VALUES + 1, 9, 2, True, 2),
 ])
-def test_pairs_run_side_by_side_only_for_a_large_set_with_several_pairs_and_cores(monkeypatch, values, pairs, cores, expected):
+def test_pairs_run_side_by_side_only_for_a_large_set_with_several_pairs_and_cores(monkeypatch, values, pairs, cores, fast,
+                                                                                   expected):
     monkeypatch.setattr(A, "_cores", lambda: cores)
-    assert A.pair_threads(values, pairs) == expected
+    assert A.pair_threads(values, pairs, fast) == expected
