@@ -86,6 +86,9 @@ N_TRAJECTORY_ITEMS = 6
 # products are too small for a second thread to help, and its spinning costs as much CPU again (the quickstart run,
 # 3 sets of 1,200 captions x 64: the same wall time, 5.2 instead of 9.7 CPU s). A COCO-test set (25,000 x 512) uses them all.
 SMALL_SET_VALUES = 1_000_000
+# The normalised copies of at most ``cache_stages`` stages are kept, or of more while they hold at most this many bytes
+# (the six stages of a COCO-test set hold 370 MB: none is normalised twice; a stage of 100,000 x 512 holds 400 MB).
+CACHE_BYTES = 512 << 20
 # Stage pairs of a larger set analysed at once, each in its own thread with its share of the cores (``_analyse_pairs``).
 PAIR_THREADS = 2
 # ... in exact mode only up to this many values per set: side by side, two stages' normalised copies, faiss indexes and
@@ -460,6 +463,9 @@ class _Engine:
         with self._guard:
             self.timing[key] = self.timing.get(key, 0.0) + seconds
 
+    def _cached_bytes(self) -> int:
+        return sum(x.nbytes for arrays in self._arrays.values() for x in arrays.values())
+
     def unit(self, stage, probe, modality) -> np.ndarray:
         key = (stage, probe)
 
@@ -474,7 +480,7 @@ class _Engine:
             if key in self._arrays:
                 self._arrays.move_to_end(key)
             evictable = [k for k in self._arrays if k[0] not in self.pinned and k != key]
-            while len(self._arrays) > self.cache_stages and evictable:
+            while len(self._arrays) > self.cache_stages and evictable and self._cached_bytes() > CACHE_BYTES:
                 del self._arrays[evictable.pop(0)]
         return arrays[modality]
 
@@ -709,9 +715,9 @@ def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None,
     for probe in probes:
         # the cross-stage cells no pair needs and the run-level tables (the bridge's learning curve: the reference and
         # last stages of every set) are computed beside the pairs when pairs run in threads, after them otherwise
-        also = [functools.partial(engine.cross_stage_r1, img, txt, probe) for txt, img in _cross_stage_cells(engine, probe, stages)]
-        if probe == probes[-1]:
-            also.append(lambda: tables.update(_run_tables(engine, ref, stages[-1] if stages else ref)))
+        # (the learning curve, the longest single job, first: the short cells fill the threads' ends)
+        also = [lambda: tables.update(_run_tables(engine, ref, stages[-1] if stages else ref))] if probe == probes[-1] else []
+        also += [functools.partial(engine.cross_stage_r1, img, txt, probe) for txt, img in _cross_stage_cells(engine, probe, stages)]
         _analyse_pairs(engine, pairs, probe, out, progress, also=also)
         for s in stages:
             sd = engine.stage(s, probe)
@@ -784,7 +790,8 @@ def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) 
     t = time.perf_counter()
     with threadpool_limits(limits=per, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         # stages first: a pair waiting for a stage another thread is computing would leave its core idle
-        futures = [pool.submit(run, w) for w in [*stages, *[job(i, parts[i]) for i in range(len(pairs))], *also]]
+        # the first of ``also`` next, the rest last
+        futures = [pool.submit(run, w) for w in [*stages, *also[:1], *[job(i, parts[i]) for i in range(len(pairs))], *also[1:]]]
         try:
             for f in futures:
                 f.result()
