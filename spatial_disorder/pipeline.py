@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import signal
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -57,7 +58,14 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
     except (KeyError, TypeError, ValueError, IndexError):
         ref = None  # analyze_run says what is wrong with it
     if ref is None or len(names) < 2 or not small or "pairs" in analysis_options or render.resolve_workers(workers) < 2:
-        analysis = analyze_run(run, probes=names, progress=progress, **analysis_options)
+        # matplotlib is loaded meanwhile, in a thread: its import is mostly Python that the analysis' threads, working in
+        # numpy, LAPACK and faiss without the GIL, hardly wait for, and the report then starts drawing at once
+        warm = threading.Thread(target=_load_matplotlib, name="load-matplotlib", daemon=True)
+        warm.start()
+        try:
+            analysis = analyze_run(run, probes=names, progress=progress, **analysis_options)
+        finally:
+            warm.join()  # before the report forks its workers: no thread may be importing then
         t1 = time.perf_counter()
         report = make_report(analysis, run, png=png, progress=progress, all_items=all_items, workers=workers)
         return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
@@ -87,6 +95,14 @@ def analyze_and_report(run, *, probes=None, png: bool = False, progress: bool = 
             early.stop()
     return AnalysedRun(analysis, report, t1 - t0, time.perf_counter() - t1)
 
+
+
+def _load_matplotlib() -> None:
+    """``render.warm_up`` in a thread beside the analysis; a failure here is left for the report to raise."""
+    try:
+        render.warm_up()
+    except Exception:  # noqa: BLE001 (the report loads it again and says what is wrong)
+        pass
 
 
 def _analyse_set(name: str) -> RunAnalysis | None:

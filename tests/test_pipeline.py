@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import threading
 from concurrent.futures import Future
 
 import pandas as pd
@@ -80,6 +81,25 @@ def test_the_pipelined_report_is_the_report_of_the_whole_analysis(three_sets, mo
             d["settings"].pop(key)
     assert doc == ref_doc
     assert done.analysis_s > 0 and done.report_s > 0
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_matplotlib_loaded_beside_a_single_analysis_changes_nothing_and_leaves_no_thread(three_sets, monkeypatch, fails):
+    """One probe set (or several large ones) is analysed first and drawn after; matplotlib is loaded meanwhile in a
+    thread, joined before the report forks its workers. If loading fails there, the report loads it itself."""
+    loaded = []
+
+    def warm_up():
+        loaded.append(threading.current_thread().name)
+        if fails:
+            raise RuntimeError("planted")
+
+    monkeypatch.setattr(render, "warm_up", warm_up)
+    done = P.analyze_and_report(three_sets, probes=["old"], backend="numpy", workers=2)
+    assert loaded == ["load-matplotlib"]
+    assert not [t for t in threading.enumerate() if t.name == "load-matplotlib"]
+    reference = make_report(analyze_run(three_sets, probes=["old"], backend="numpy"), three_sets, workers=1)
+    assert done.report.rendered == reference.rendered
 
 
 def test_a_drawer_stops_its_workers_when_the_caller_fails(three_sets):

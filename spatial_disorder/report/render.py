@@ -121,7 +121,7 @@ def _worker_init() -> None:
         pass
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
     """Import matplotlib and draw one tiny figure (fonts found and loaded), for forked workers to inherit."""
     import io
 
@@ -162,7 +162,7 @@ class FigureDrawer:
         inherit that set. Matplotlib is loaded here first, once, and the workers inherit it: loading it in each worker
         costs each of them most of a second, with the analysis waiting for its cores."""
         if self.workers > 1 and self._pool is None:
-            _warm_up()
+            warm_up()
             self._start(None, None)
         return self
 
