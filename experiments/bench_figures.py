@@ -29,7 +29,7 @@ def measure(run, rounds: int) -> tuple[dict[str, list[float]], list[float]]:
 
     analysis = analyze_run(run)
     ref, last, n = analysis.ref, analysis.stages[-1], len(analysis.probe_names)
-    render._warm_up()  # as the workers inherit it
+    render.warm_up()  # as the workers inherit it
     per_figure: dict[str, list[float]] = {}
     totals = []
     for _ in range(rounds):

@@ -436,7 +436,10 @@ class _Engine:
                 n_img = self.sizes[(probe, "image")]
                 rng = np.random.default_rng([self.seed, n_img, 5])
                 q = self.cross_stage_queries
-                self.cross_rows[probe] = None if n_img <= q else np.sort(rng.choice(n_img, size=q, replace=False))
+                # fast mode draws them from its sampled query images: a diagonal cell is then the stage's own retrieval
+                sampled = self.rows[(probe, "image")]
+                drawn_from = sampled if sampled is not None and len(sampled) >= q else n_img
+                self.cross_rows[probe] = None if n_img <= q else np.sort(rng.choice(drawn_from, size=q, replace=False))
                 self.trajectory_rows.update(zip(((probe, "image"), (probe, "text")), trajectory_rows(self.t2i[probe], n_img)))
             else:
                 for m in mods:

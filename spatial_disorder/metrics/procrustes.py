@@ -15,7 +15,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import eigh as scipy_eigh
 
 from ..knn import as_unit_rows
 from .rotation import check_pair, unit_angle_deg
@@ -183,16 +182,13 @@ def principal_basis(moment: np.ndarray, floor: float = DEFAULT_FLOOR) -> tuple[n
     with small_linalg():
         if _every_direction_holds(sym, floor):  # the common case at d = 512: no eigenvalues needed
             return np.eye(d), 1.0
-        w = np.clip(np.linalg.eigvalsh(sym)[::-1], 0.0, None)
+        w, v = np.linalg.eigh(sym)  # one decomposition: eigenvalues first and vectors after cost more than both at once
+        w = np.clip(w[::-1], 0.0, None)
         total = float(w.sum())
         r = max(1, int(np.sum(w >= floor * total / d))) if total > 0.0 else d
-        if r == d:  # every direction holds data: any basis of the whole space gives the same fit, so skip the vectors
+        if r == d:  # every direction holds data: any basis of the whole space gives the same fit
             return np.eye(d), 1.0
-        if 4 * r < d:  # a few leading vectors: computing only those is cheaper than the whole decomposition
-            v = scipy_eigh(sym, subset_by_index=(d - r, d - 1), driver="evr")[1][:, ::-1]
-        else:
-            v = np.linalg.eigh(sym)[1][:, : d - r - 1 : -1]
-    return v, float(w[:r].sum() / total)
+    return v[:, : d - r - 1 : -1], float(w[:r].sum() / total)
 
 
 def _every_direction_holds(sym: np.ndarray, floor: float) -> bool:
