@@ -76,6 +76,10 @@ FAST_ROWS = 20000
 # default: on an idle 2-core machine, 12 searches of 100,000 x 512 took 566 s with it against 490 s with
 # faiss query-by-query (experiments/bench_analyze.py). Set an item count to use it from that size on.
 SYMMETRIC_MIN_ROWS: int | None = None
+# ... but a search on one thread is another matter: there the symmetric search takes two thirds of the time (faiss,
+# 25,000 x 512: 5.0 s against 7.5 s; numpy 5,000 x 512: 0.34 s against 0.66 s), so stages searched side by side on one
+# thread each (``_analyse_pairs``) use it from this many rows on. The lists are the same up to the order of near-ties.
+SYMMETRIC_ONE_THREAD_MIN_ROWS = 1000
 # Cross-stage retrieval queries this many seeded images per cell (all when fewer) against the whole caption gallery:
 # a compatibility matrix of every stage pair costs stages^2 retrieval passes, so it is sampled, with intervals.
 CROSS_STAGE_QUERIES = 500
@@ -941,6 +945,8 @@ def analyze_run(
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     values = max(probe_values(run, p) for p in names)
     engine.pair_threads = pair_threads(values, len(pairs), fast)
+    if engine.pair_threads > 1 and _cores() // engine.pair_threads == 1 and engine.symmetric_min_rows is None:
+        engine.symmetric_min_rows = SYMMETRIC_ONE_THREAD_MIN_ROWS
     engine.cache_stages += engine.pair_threads - 1  # pairs side by side hold a stage more each
     t = time.perf_counter()
     with _threads_for(values):

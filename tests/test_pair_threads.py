@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from spatial_disorder import analysis as A
 from spatial_disorder.analysis import FRAME_FIELDS, analyze_run
+from spatial_disorder.knn import NumpyBackend
 from spatial_disorder.run import ProbeSet, open_run, write_run
 from spatial_disorder.synthetic import drifted_stages, structured_embeddings
 
@@ -36,13 +37,22 @@ def _threaded(monkeypatch, workers=2):
     monkeypatch.setattr(A, "_cores", lambda: workers)
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_pairs_side_by_side_give_the_same_tables_as_one_after_another(two_sets, monkeypatch, fast):
+@pytest.mark.parametrize(("fast", "symmetric"), [(False, False), (False, True), (True, False)])
+def test_pairs_side_by_side_give_the_same_tables_as_one_after_another(two_sets, monkeypatch, fast, symmetric):
+    """``symmetric``: the stages' exact searches side by side take half the products (Backend.self_topk), as they do from
+    ``SYMMETRIC_ONE_THREAD_MIN_ROWS`` rows on; the kNN lists are the same (no near-ties in this data)."""
     options = dict(fast=fast, fast_queries=25, fast_rows=50, backend="numpy")
     with threadpool_limits(limits=1):  # the threads use one BLAS thread each: the same kernels, so the same bits
         one_by_one = analyze_run(two_sets, **options)
     _threaded(monkeypatch)
+    searched = []
+    real = NumpyBackend.self_topk
+    monkeypatch.setattr(NumpyBackend, "self_topk", lambda self, x, k, **kw: (searched.append(len(x)), real(self, x, k, **kw))[1],
+                        raising=False)
+    monkeypatch.setattr(A, "SYMMETRIC_ONE_THREAD_MIN_ROWS", 40 if symmetric else 10**9)
     side_by_side = analyze_run(two_sets, **options)
+    # images (60, 45) and captions (120, 135) of both sets from 40 rows on, at each of the five stages
+    assert sorted(searched) == (sorted([60, 45, 120, 135] * 5) if symmetric else [])
     assert "side_by_side_s" in side_by_side.meta["timing_s"] and "side_by_side_s" not in one_by_one.meta["timing_s"]
     for name in FRAME_FIELDS:
         pd.testing.assert_frame_equal(getattr(side_by_side, name), getattr(one_by_one, name), check_exact=True, obj=name)
