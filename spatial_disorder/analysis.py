@@ -404,7 +404,8 @@ class _Engine:
         # its own lock, and the caches' bookkeeping (insertion, eviction, timing sums) happens under ``_guard``
         self._guard = threading.RLock()
         self._key_locks: dict = {}
-        self.pair_threads = 1  # set by analyze_run / analyze_arrays (``pair_threads``)
+        self.pair_threads = 1  # jobs side by side, and the BLAS/OpenMP threads each gets (set by analyze_run)
+        self.threads_each = 0
         if not temperature > 0:
             raise InputError(f"temperature must be positive, got {temperature}")
         self._check_shapes()
@@ -768,7 +769,8 @@ def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) 
     many threads, each with its share of the cores for BLAS and OpenMP (faiss). Much of the work (d x d eigenproblems,
     counting passes, small products, the families' numpy steps) keeps one core busy whatever the thread count, so two
     jobs side by side on one thread each use two cores where one job on two threads used about one and a half. Each
-    stage's kNN lists, ranks and caches are still computed once (``_Engine._once``), and the rows are the same."""
+    stage's kNN lists, ranks and caches are still computed once (``_Engine._once``), and the rows are the same (kNN lists
+    from the symmetric search up to the order of near-ties)."""
     workers = engine.pair_threads
 
     def job(i, part):
@@ -785,7 +787,7 @@ def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) 
         for work in also:
             work()
         return
-    per = max(1, _cores() // workers)
+    per = engine.threads_each
     parts = [{key: [] for key in out} for _ in pairs]
 
     def run(work):
@@ -945,7 +947,8 @@ def analyze_run(
     engine.pinned = {ref_name} if any(ref_name in p for p in pairs) else set()
     values = max(probe_values(run, p) for p in names)
     engine.pair_threads = pair_threads(values, len(pairs), fast)
-    if engine.pair_threads > 1 and _cores() // engine.pair_threads == 1 and engine.symmetric_min_rows is None:
+    engine.threads_each = max(1, _cores() // engine.pair_threads)
+    if engine.pair_threads > 1 and engine.threads_each == 1 and engine.symmetric_min_rows is None:
         engine.symmetric_min_rows = SYMMETRIC_ONE_THREAD_MIN_ROWS
     engine.cache_stages += engine.pair_threads - 1  # pairs side by side hold a stage more each
     t = time.perf_counter()

@@ -193,8 +193,8 @@ def principal_basis(moment: np.ndarray, floor: float = DEFAULT_FLOOR) -> tuple[n
 
 def _every_direction_holds(sym: np.ndarray, floor: float) -> bool:
     """True when every eigenvalue of the symmetric ``sym`` is at least ``floor`` times the average (trace / d): exactly when
-    ``sym - tau I`` has a Cholesky factor, a tenth of the cost of the eigenvalues. On failure (or a boundary case that
-    rounding makes fail) the caller computes the eigenvalues, so the answer never differs from theirs."""
+    ``sym - tau I`` has a Cholesky factor, a third of the cost of the eigenvalues (512 x 512: 5 ms against 15). On failure
+    the caller computes the eigenvalues, so the two can differ only for an eigenvalue within rounding of the floor."""
     d = len(sym)
     total = float(np.trace(sym))
     if not total > 0.0:
