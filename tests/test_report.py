@@ -230,6 +230,22 @@ def test_a_dense_scatter_is_one_image_in_its_svg_and_a_sparse_one_stays_vector(m
     assert b"<image" in svg["dense"] and b"<image" not in svg["sparse"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(0.0, 100.0), spread=st.sampled_from([0.0, 1e-13, 0.3, 40.0]))
+def test_a_percentage_heatmaps_colour_scale_stays_between_0_and_100(value, spread):
+    lo, hi = F.constant_scale(value, min(100.0, value + spread), (0.0, 100.0))
+    assert 0.0 <= lo <= value and min(100.0, value + spread) <= hi <= 100.0 and hi > lo
+    assert hi - lo >= min(1.0, spread) - 1e-9  # a constant still gets a scale one unit wide
+
+
+def test_a_cross_stage_matrix_at_100_percent_gets_a_scale_that_ends_at_100():
+    fig = F.stage_heatmaps({"R@1": np.full((3, 3), 100.0)}, list("abc"), "k", "retrieval", "t", "R@1 (%)", "r",
+                           limits=(0.0, 100.0))
+    assert fig.figure.axes[0].images[0].get_clim() == (99.0, 100.0)
+    angles = F.stage_heatmaps({"deg": np.zeros((3, 3))}, list("abc"), "k", "rotation", "t", "deg", "r")
+    assert angles.figure.axes[0].images[0].get_clim() == (0.0, 1.0)  # unbounded quantities keep a scale from the value up
+
+
 def test_heatmap_reading_names_the_worst_pair():
     fig = F.rotation_stages(_frames(), "p", "a")
     assert "largest mean rotation between two analysed stages is 40.0° (image embeddings, a → c)" in fig.reading

@@ -184,9 +184,11 @@ def _cmap(n: int) -> list:
 
 
 def stage_heatmaps(
-    matrices: dict[str, np.ndarray], stages: list[str], key: str, section: str, title: str, unit: str, reading: str, fmt: str = "{:.1f}"
+    matrices: dict[str, np.ndarray], stages: list[str], key: str, section: str, title: str, unit: str, reading: str, fmt: str = "{:.1f}",
+    limits: tuple[float, float] | None = None,
 ) -> ReportFigure | None:
-    """Stage x stage heatmaps, one panel per entry of ``matrices`` (NaN cells: pair not analysed)."""
+    """Stage x stage heatmaps, one panel per entry of ``matrices`` (NaN cells: pair not analysed). ``limits``: the values
+    the quantity can take (R@1: 0-100%), which the colour scale of a constant matrix stays within."""
     mats = {k: m for k, m in matrices.items() if m is not None and np.isfinite(m).any()}
     if not mats:
         return None
@@ -202,9 +204,7 @@ def stage_heatmaps(
                   {"left": left, "right": right, "bottom": bottom, "top": top, "gap": gap, "panels": len(mats)})
     axes = np.atleast_1d(fig.subplots(1, len(mats)))
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
-    vmin, vmax = float(finite.min()), float(finite.max())
-    if vmax - vmin < 1e-12:
-        vmax = vmin + 1.0
+    vmin, vmax = constant_scale(float(finite.min()), float(finite.max()), limits)
     image = None
     for ax, (label, mat) in zip(axes, mats.items()):
         masked = np.ma.masked_invalid(mat)
@@ -226,6 +226,19 @@ def stage_heatmaps(
                     ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     fig.colorbar(image, ax=list(axes), shrink=0.85, label=unit)
     return ReportFigure(key, section, title, fig, reading)
+
+
+def constant_scale(vmin: float, vmax: float, limits: tuple[float, float] | None = None) -> tuple[float, float]:
+    """A colour scale for values from ``vmin`` to ``vmax``: as they are, or one unit wide from a constant up (around it
+    when ``limits`` are given, and inside them: a constant R@1 of 100% gets 99-100%, not a scale up to 101%)."""
+    if vmax - vmin >= 1e-12:
+        return vmin, vmax
+    if limits is None:
+        return vmin, vmin + 1.0
+    lo, hi = limits
+    low = max(lo, vmin - 0.5)
+    high = min(hi, low + 1.0)
+    return max(lo, high - 1.0), high
 
 
 def on_the_lines(summary: pd.DataFrame, metric: str, probe: str, stages: list[str], ref: str) -> bool:
@@ -339,6 +352,7 @@ def r1_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     return stage_heatmaps(
         {"image→text R@1": matrix}, stages, f"r1_heatmap_{probe}", "retrieval",
         f"Cross-stage R@1 (rows: image stage, columns: text stage){_probe_label(probe, n_probes)}", "R@1 (%)", reading,
+        limits=(0.0, 100.0),
     )
 
 
