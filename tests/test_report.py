@@ -233,9 +233,13 @@ def test_a_dense_scatter_is_one_image_in_its_svg_and_a_sparse_one_stays_vector(m
 @settings(max_examples=200, deadline=None)
 @given(value=st.floats(0.0, 100.0), spread=st.sampled_from([0.0, 1e-13, 0.3, 40.0]))
 def test_a_percentage_heatmaps_colour_scale_stays_between_0_and_100(value, spread):
-    lo, hi = F.constant_scale(value, min(100.0, value + spread), (0.0, 100.0))
-    assert 0.0 <= lo <= value and min(100.0, value + spread) <= hi <= 100.0 and hi > lo
-    assert hi - lo >= min(1.0, spread) - 1e-9  # a constant still gets a scale one unit wide
+    top = min(100.0, value + spread)
+    lo, hi = F.constant_scale(value, top, (0.0, 100.0))
+    assert 0.0 <= lo <= value and top <= hi <= 100.0
+    if top - value < 1e-12:
+        assert hi - lo == pytest.approx(1.0)  # a constant still gets a scale one unit wide
+    else:
+        assert (lo, hi) == (value, top)
 
 
 def test_a_cross_stage_matrix_at_100_percent_gets_a_scale_that_ends_at_100():
