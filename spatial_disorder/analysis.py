@@ -723,10 +723,10 @@ def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None,
     for probe in probes:
         # the cross-stage cells no pair needs and the run-level tables (the bridge's learning curve: the reference and
         # last stages of every set) are computed beside the pairs when pairs run in threads, after them otherwise
-        # (the learning curve, the longest single job, first: the short cells fill the threads' ends)
-        also = [lambda: tables.update(_run_tables(engine, ref, stages[-1] if stages else ref))] if probe == probes[-1] else []
-        also += [functools.partial(engine.cross_stage_r1, img, txt, probe) for txt, img in _cross_stage_cells(engine, probe, stages)]
-        _analyse_pairs(engine, pairs, probe, out, progress, also=also)
+        # (the learning curve, the longest single job, before the pairs; the short cells after, filling the threads' ends)
+        curve = [lambda: tables.update(_run_tables(engine, ref, stages[-1] if stages else ref))] if probe == probes[-1] else []
+        cells = [functools.partial(engine.cross_stage_r1, img, txt, probe) for txt, img in _cross_stage_cells(engine, probe, stages)]
+        _analyse_pairs(engine, pairs, probe, out, progress, before=curve, after=cells)
         for s in stages:
             sd = engine.stage(s, probe)
             if sd.scores is not None:
@@ -762,10 +762,10 @@ def pair_threads(values: int, n_pairs: int, fast: bool = False) -> int:
     return max(1, min(PAIR_THREADS, n_pairs, _cores()))
 
 
-def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) -> None:
-    """Every pair of one probe set, rows appended to ``out`` in pair order, and the calls in ``also``.
+def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, before=(), after=()) -> None:
+    """Every pair of one probe set, rows appended to ``out`` in pair order, and the calls in ``before`` and ``after``.
 
-    With ``engine.pair_threads`` > 1 the stages (kNN searches, retrieval ranks), then the pairs and ``also``, run in that
+    With ``engine.pair_threads`` > 1 the stages (kNN searches, retrieval ranks), ``before``, the pairs and ``after`` run in that
     many threads, each with its share of the cores for BLAS and OpenMP (faiss). Much of the work (d x d eigenproblems,
     counting passes, small products, the families' numpy steps) keeps one core busy whatever the thread count, so two
     jobs side by side on one thread each use two cores where one job on two threads used about one and a half. Each
@@ -784,7 +784,7 @@ def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) 
     if workers < 2:
         for i in range(len(pairs)):
             job(i, out)()
-        for work in also:
+        for work in (*before, *after):
             work()
         return
     per = engine.threads_each
@@ -799,8 +799,7 @@ def _analyse_pairs(engine: _Engine, pairs, probe, out, progress=False, also=()) 
     t = time.perf_counter()
     with threadpool_limits(limits=per, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         # stages first: a pair waiting for a stage another thread is computing would leave its core idle
-        # the first of ``also`` next, the rest last
-        futures = [pool.submit(run, w) for w in [*stages, *also[:1], *[job(i, parts[i]) for i in range(len(pairs))], *also[1:]]]
+        futures = [pool.submit(run, w) for w in [*stages, *before, *[job(i, parts[i]) for i in range(len(pairs))], *after]]
         try:
             for f in futures:
                 f.result()
