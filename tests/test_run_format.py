@@ -344,6 +344,29 @@ def test_bad_run_gives_one_clear_line(run_dir, breaker, capsys):
     assert err.count("\n") == 0 and err.startswith("error: ") and problem in err
 
 
+def test_checksums_hashed_side_by_side_name_the_first_bad_file_in_manifest_order(run_dir):
+    """Several arrays are hashed at once; with two corrupted, the error names the one a file-by-file check meets first,
+    whatever the number of hashing threads, and an intact run passes with any number of them."""
+    from spatial_disorder.run.reader import check_checksums
+
+    run = open_run(run_dir, check_sha256=False)
+    files = [(e.path, e.sha256) for e in run._arrays.values()]
+    for threads in (1, 2, 4):
+        check_checksums(files, threads=threads)  # intact: no error
+    first, later = files[1][0], files[-2][0]
+    for path in (later, first):
+        arr = np.load(path)
+        arr[0, 0] += 1
+        np.save(path, arr)
+    for threads in (1, 2, 4):
+        with pytest.raises(RunFormatError, match="checksum mismatch") as info:
+            check_checksums(files, threads=threads)
+        assert str(first) in str(info.value) and str(later) not in str(info.value)
+    with pytest.raises(RunFormatError, match="checksum mismatch") as info:
+        open_run(run_dir)
+    assert str(first) in str(info.value)
+
+
 def test_nan_rows_found_only_when_asked(run_dir, capsys):
     f = run_dir / "stages" / "stage1" / "coco" / "text.npy"
     arr = np.load(f)
