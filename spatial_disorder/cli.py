@@ -138,12 +138,18 @@ def _cmd_compare(args) -> int:
 
     runs = [open_run(p) for p in args.runs]
     check_same_items(runs)  # refuse before any work
-    analyses = [_analyse(run, args, _stage_arg(args.ref)) for run in runs]
-    report = compare_runs(runs, analyses, png=args.png)
+    with _stage_errors():  # stages are matched by position: --ref is found in the first run and taken by position in all
+        ref = runs[0].stage_index(_stage_arg(args.ref))
+    probes = sorted(dict.fromkeys(args.probe)) if args.probe else sorted(runs[0].probes)
+    unknown = [p for p in probes if p not in runs[0].probes]
+    if unknown:
+        raise InputError(f"no probe set {unknown[0]!r}; probe sets are {sorted(runs[0].probes)}")
+    analyses = [_analyse(run, args, ref) for run in runs]
+    report = compare_runs(runs, analyses, png=args.png, ref=ref, probes=probes)
     names = run_names(runs)
     out = Path(args.out) if args.out else runs[0].path / f"compare-{'-'.join(names[1:])}"
     out = report.write(out)
-    print(f"compared {' vs '.join(names)} ({len(runs[0].stages)} stages, probe sets {', '.join(sorted(runs[0].probes))})")
+    print(f"compared {' vs '.join(names)} ({len(runs[0].stages)} stages against stage {ref}, probe sets {', '.join(probes)})")
     print(f"report: {out / 'index.html'}")
     return 0
 

@@ -122,6 +122,48 @@ def test_compare_two_runs(runs, tmp_path, capsys):
     assert (tmp_path / "cmp" / "tables" / "compare_summary.csv").is_file()
 
 
+def _two_set_run(path, thetas):
+    """Two probe sets (``val``, ``extra``) over the same planted rotations."""
+    img, txt = base_arrays()
+    rot = {t: plane_rotation(8, th) for t, th in enumerate(thetas)}
+    sets = [ProbeSet.from_pairs(name, [f"{name} caption {i}" for i in range(len(img))]) for name in ("val", "extra")]
+    stages = {f"s{t}": {p.name: {"image": unit(img @ r.T), "text": unit(txt @ r.T)} for p in sets} for t, r in rot.items()}
+    return write_run(path, sets, stages, metadata={"model": "toy"})
+
+
+def _key_table(html, heading):
+    """The rows of the table under ``<h3>heading</h3>`` (empty when the heading is missing)."""
+    part = html.split(f"<h3>{heading}</h3>", 1)
+    return [] if len(part) == 1 else re.findall(r"<tr>", part[1].split("</table>", 1)[0].split("<tbody>", 1)[1])
+
+
+def test_compare_honours_ref_and_probe(tmp_path, capsys):
+    a, b = _two_set_run(tmp_path / "a", (0.0, 10.0, 25.0)), _two_set_run(tmp_path / "b", (0.0, 12.0, 40.0))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--ref", "1", "--probe", "val", "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert "probe sets val" in capsys.readouterr().out
+    # every run against its own stage 1: the key table and the figures' readings are about stage 1, and not empty
+    assert _key_table(html, "Stage 1 → 2") and "Stage 0 → 2" not in html
+    assert "Mean rotation against stage 1 by the last stage: image: a " in html
+    # only the asked probe set is drawn and listed
+    assert "fig-compare_metrics_val" in html and "fig-compare_metrics_extra" not in html and "(extra)" not in html
+    assert "<th>probe sets</th><td>val</td>" in html
+    # the same by stage name, found in the first run and taken by position
+    assert main(["compare", str(a), str(b), "--ref", "s1", "--out", str(tmp_path / "named")]) == 0
+    named = (tmp_path / "named" / "index.html").read_text()
+    assert _key_table(named, "Stage 1 → 2") and "fig-compare_metrics_extra" in named
+
+
+@pytest.mark.parametrize("argv, needle", [(["--ref", "7"], "out of range"), (["--ref", "nope"], "no stage 'nope'"),
+                                          (["--probe", "nope"], "no probe set 'nope'")])
+def test_compare_bad_ref_or_probe_exit_2_with_one_line(runs, tmp_path, capsys, argv, needle):
+    assert main(["compare", str(runs["a"]), str(runs["b"]), *argv, "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_compare_refuses_different_probe_sets(runs, tmp_path, capsys):
     assert main(["compare", str(runs["a"]), str(runs["other"]), "--out", str(tmp_path / "cmp")]) == 2
     err = capsys.readouterr().err

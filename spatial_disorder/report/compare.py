@@ -123,11 +123,11 @@ def _metric_figure(summary: pd.DataFrame, names, probe: str, ref: int, n_stages:
     parts = []
     for _, row in sel.iterrows():
         parts.append(f"{row['modality']}: " + ", ".join(f"{n} {row[n]:.1f}°" for n in names if n in row and np.isfinite(row[n])))
-    reading = ("Mean rotation against stage 0 by the last stage: " + "; ".join(parts) + ".") if parts else "Metrics across stages for every run."
+    reading = (f"Mean rotation against stage {ref} by the last stage: " + "; ".join(parts) + ".") if parts else "Metrics across stages for every run."
     if diff:
         reading = "Differences to " + names[0] + " (positive: the other run is higher). " + reading
     key = f"compare_{'diff' if diff else 'metrics'}_{probe}"
-    title = f"{'Differences' if diff else 'Metrics'} across stages against stage 0 ({probe})"
+    title = f"{'Differences' if diff else 'Metrics'} across stages against stage {ref} ({probe})"
     return ReportFigure(key, "compare", title, fig, reading)
 
 
@@ -173,8 +173,11 @@ class CompareReport:
         return write_folder(out, self.files())
 
 
-def compare_runs(runs, analyses, png: bool = False) -> CompareReport:
-    """Side-by-side comparison of analyses of runs with the same probe items and stage count."""
+def compare_runs(runs, analyses, png: bool = False, ref: int = 0, probes=None) -> CompareReport:
+    """Side-by-side comparison of analyses of runs with the same probe items and stage count.
+
+    ``ref``: the position of the stage every run is compared against (the analyses' own reference stage: their pairs
+    must include ``ref`` -> each stage); ``probes``: the probe sets shown (default: every set of the first run)."""
     if len(runs) < 2:
         raise InputError("compare needs at least two runs")
     check_same_items(runs)
@@ -182,12 +185,18 @@ def compare_runs(runs, analyses, png: bool = False) -> CompareReport:
     summary = aligned_summary(analyses, names)
     retrieval = aligned_retrieval(analyses, names)
     n_stages = len(runs[0].stages)
+    if not 0 <= ref < n_stages:
+        raise InputError(f"reference stage position {ref} is out of range: the runs hold {n_stages} stages")
+    shown = sorted(runs[0].probes) if probes is None else sorted(dict.fromkeys(probes))
+    unknown = [p for p in shown if p not in runs[0].probes]
+    if unknown:
+        raise InputError(f"no probe set {unknown[0]!r}; probe sets are {sorted(runs[0].probes)}")
     figs = []
     with report_style():
-        for probe in sorted(runs[0].probes):
+        for probe in shown:
             figs += [
-                _metric_figure(summary, names, probe, 0, n_stages, diff=False),
-                _metric_figure(summary, names, probe, 0, n_stages, diff=True),
+                _metric_figure(summary, names, probe, ref, n_stages, diff=False),
+                _metric_figure(summary, names, probe, ref, n_stages, diff=True),
                 _retrieval_figure(retrieval, names, probe, n_stages),
             ]
     figs = [f for f in figs if f is not None]
@@ -195,17 +204,17 @@ def compare_runs(runs, analyses, png: bool = False) -> CompareReport:
     overview = kv_table(
         [(name, f"{r.path} — stages: {', '.join(r.stages)}; mode: {r.metadata.get('mode', '?')}; model: {r.metadata.get('model', '?')}")
          for name, r in zip(names, runs)]
-        + [("probe sets", ", ".join(sorted(runs[0].probes))), ("stage matching", "by position (0 = before continual training)")]
+        + [("probe sets", ", ".join(shown)), ("stage matching", "by position (0 = before continual training)")]
     )
     last = n_stages - 1
-    key_rows = summary[(summary["stage_a"] == 0) & (summary["stage_b"] == last)]
+    key_rows = summary[(summary["stage_a"] == ref) & (summary["stage_b"] == last) & summary["probe"].astype(str).isin(shown)]
     sections = [
-        Section("metrics", "Metrics across stages", "Each run against its own stage 0, and the differences to the first run.",
+        Section("metrics", "Metrics across stages", f"Each run against its own stage {ref}, and the differences to the first run.",
                 [(f, rendered[f.key]["svg"]) for f in figs if f.key.startswith("compare_metrics") or f.key.startswith("compare_diff")],
-                tables=[(f"Stage 0 → {last}", key_rows)]),
+                tables=[(f"Stage {ref} → {last}", key_rows)]),
         Section("retrieval", "Retrieval", "R@1 of every run at every stage.",
                 [(f, rendered[f.key]["svg"]) for f in figs if f.key.startswith("compare_retrieval")],
-                tables=[("R@1 and rsum", retrieval[retrieval["metric"].isin(["R@1", "rsum"])])]),
+                tables=[("R@1 and rsum", retrieval[retrieval["metric"].isin(["R@1", "rsum"]) & retrieval["probe"].astype(str).isin(shown)])]),
     ]
     sections[0].definitions = definitions(sorted(set(key_rows["metric"])))
     html = page(f"Spatial-disorder comparison: {' vs '.join(names)}", overview, sections)
