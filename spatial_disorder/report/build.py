@@ -8,6 +8,7 @@ which are headline numbers, is read from the metric registry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,6 @@ def _overview(analysis, run, stages, probes, ref) -> str:
         html += "<details><summary>All run metadata</summary>" + kv_table(others) + "</details>"
     credit = [(k, md[k]) for k in ("attribution", "license", "licence") if md.get(k)]
     if credit:
-        from html import escape
-
         html += "<div class='licence'>" + "".join(f"<p><b>{escape(k.title())}</b>: {escape(str(v))}</p>" for k, v in credit) + "</div>"
     return html
 
@@ -209,7 +208,7 @@ def _page_parts(analysis, run, stages, probes, ref, last, flips: bool) -> tuple[
     overview = _overview(analysis, run, stages, probes, ref)
     head = headline(analysis, ref, last)
     if len(head):
-        overview += f"<h3>Headline, stage {ref} → {last}</h3>" + table_html(head)
+        overview += f"<h3>Headline, stage {escape(str(ref))} → {escape(str(last))}</h3>" + table_html(head)
         if {"rotation_mean_deg", "procrustes_angle_deg"} <= set(head["metric"]):
             overview += ROTATION_NOTE
     return sections, overview, head

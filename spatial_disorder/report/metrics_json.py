@@ -15,7 +15,7 @@ from ..jsonutil import clean
 from ..metrics.registry import METRICS
 
 SCHEMA_NAME = "spatial-disorder-metrics"
-SCHEMA_VERSION = 2  # 2: cross_stage and trajectories tables; metric flags (section, family, headline, compare, gate, calibrate)
+SCHEMA_VERSION = 2  # 2: cross_stage, trajectories and spectra tables; metric flags (section, family, headline, compare, gate, calibrate)
 
 
 def metrics_document(analysis, run_info: dict | None = None) -> dict:
