@@ -9,22 +9,29 @@ import numpy as np
 import pandas as pd
 
 
-def clean(value):
-    """A plain JSON value (dicts, lists, str, int, float, bool, None) for ``json.dumps(..., allow_nan=False)``."""
+def clean(value, strict: bool = False):
+    """A plain JSON value (dicts, lists, str, int, float, bool, None) for ``json.dumps(..., allow_nan=False)``.
+
+    ``strict``: refuse NaN and inf (``ValueError``) and objects with no JSON form (``TypeError``) instead of writing
+    null and text, for values that must read back as they were written (a run's metadata)."""
     if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
+        return {str(k): clean(v, strict) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
+        return [clean(v, strict) for v in value]
     if isinstance(value, np.ndarray):
-        return [clean(v) for v in value.tolist()]
+        return [clean(v, strict) for v in value.tolist()]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
+        if strict:
+            raise ValueError(f"{value} is not a finite number (JSON has no NaN or infinity)")
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, Path):
         return str(value)
+    if strict:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
     return str(value)
 
 

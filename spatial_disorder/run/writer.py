@@ -8,7 +8,6 @@ a stage folder that is not in the manifest is an orphan and is removed by the ne
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
 import uuid
@@ -20,6 +19,7 @@ import numpy as np
 from .._version import __version__
 from ..atomic import atomic_write_json, fsync_dir, fsync_file, sha256_file, write_npy_synced
 from ..errors import RunFormatError
+from ..jsonutil import clean
 from .probe import ProbeSet, check_name
 from .schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MODALITIES, check_manifest
 
@@ -30,19 +30,10 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _jsonable(obj):
-    """Turn numpy scalars/arrays inside metadata into plain JSON values (refusing NaN)."""
-    return json.loads(json.dumps(obj, default=_default, allow_nan=False))
-
-
-def _default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+def _plain_json(obj):
+    """Metadata as plain JSON values (numpy scalars and arrays unwrapped, paths as text); NaN, inf and objects with no
+    JSON form are refused, so that the manifest reads back as written."""
+    return clean(obj, strict=True)
 
 
 class RunWriter:
@@ -65,6 +56,7 @@ class RunWriter:
     def create(cls, path: str | os.PathLike, metadata: Mapping | None = None, overwrite: bool = False) -> RunWriter:
         """Start a new, empty run directory (refuses to replace an existing run unless ``overwrite``)."""
         path = Path(path)
+        plain = _plain_json(dict(metadata or {}))  # refused before anything on disk changes
         if (path / MANIFEST).exists():
             if not overwrite:
                 raise RunFormatError(path / MANIFEST, "a run already exists here (open it to append, or pass overwrite=True)")
@@ -77,7 +69,7 @@ class RunWriter:
             "format_version": FORMAT_VERSION,
             "created": _now(),
             "tool": {"name": "spatial-disorder", "version": __version__},
-            "metadata": _jsonable(dict(metadata or {})),
+            "metadata": plain,
             "probes": [],
             "stages": [],
         }
@@ -106,7 +98,7 @@ class RunWriter:
 
     def update_metadata(self, **values) -> None:
         """Merge keys into the run's free metadata (manifest rewritten atomically)."""
-        self._manifest["metadata"].update(_jsonable(values))
+        self._manifest["metadata"].update(_plain_json(values))
         self._commit_manifest()
 
     # --- writing --------------------------------------------------------------------------------
@@ -190,7 +182,7 @@ class RunWriter:
                     }
                 fsync_dir(tmp / probe)
             if meta is not None:
-                atomic_write_json(tmp / "meta.json", _jsonable(dict(meta)))
+                atomic_write_json(tmp / "meta.json", _plain_json(dict(meta)))
                 entry["meta"] = f"stages/{name}/meta.json"
             self._move_into_place(tmp, final)
         except BaseException:
