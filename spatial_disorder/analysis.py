@@ -104,6 +104,7 @@ SIDE_BY_SIDE_MAX_VALUES = 1 << 24
 JSON_TABLES = ("summary", "retrieval", "continual", "spectra", "cross_stage", "trajectories", "bridge_curve")
 FRAME_FIELDS = ("summary", "items", "retrieval", "spectra", "paired", "continual", "cross_stage", "trajectories", "bridge_curve")
 CROSS_STAGE_COLUMNS = ["probe", "image_stage", "text_stage", "value", "ci_low", "ci_high", "queries"]
+RETRIEVAL_COLUMNS = ["stage", "probe", "direction", "metric", "value", "ci_low", "ci_high"]
 TRAJECTORY_COLUMNS = ["probe", "modality", "item", "label", "stage", "x", "y", "step_deg", "explained_pct"]
 
 
@@ -116,7 +117,9 @@ class RunAnalysis:
     - ``summary``: [stage_a, stage_b, probe, modality, metric, value], one row per registered metric and pair.
     - ``items``: per-item values of every pair ([stage_a, stage_b, probe, modality, row, id] + the families' item
       columns: rotation, topology change, neighbour overlap, retrieval ranks and flips, paired angles, rigid share).
-    - ``retrieval``: [stage, probe, direction, metric, value], R@K, median and mean rank, rsum per stage.
+    - ``retrieval``: [stage, probe, direction, metric, value, ci_low, ci_high], R@K, median and mean rank, rsum per stage;
+      the 95% interval of R@K from the sampled queries in fast mode, equal to the value when every query was ranked,
+      NaN for the other scores.
     - ``spectra``: per-plane angles of the Procrustes rotations ([stage_a, stage_b, probe, kind, centred, index, ...]).
     - ``paired``: [stage, probe, row, id, paired_angle_deg], each caption's angle to its image per stage.
     - ``continual``: backward transfer and forgetting per probe set (metrics/continual.py).
@@ -642,6 +645,16 @@ def _proportion_ci(p: float, n: int, big_n: int) -> tuple[float, float]:
     return max(0.0, p - half), min(1.0, p + half)
 
 
+def _score_interval(sd: _StageData, key: str, value: float) -> tuple[float, float]:
+    """The 95% interval of one retrieval score: sampled R@K (fast mode) from its queries, an exact R@K the value itself
+    (no sampling error), NaN for the scores without one (median and mean rank, rsum)."""
+    if sd.score_ci and key in sd.score_ci:
+        return sd.score_ci[key]
+    if "_R@" in key and sd.ranks is not None and all(np.isfinite(np.asarray(r, dtype=float)).all() for r in (sd.ranks.i2t, sd.ranks.t2i)):
+        return value, value
+    return float("nan"), float("nan")
+
+
 def _recall_ci(ranks: RetrievalRanks, population: dict) -> dict:
     """95% intervals (percent) for R@K of sampled queries."""
     out = {}
@@ -732,14 +745,15 @@ def _run_engine(engine: _Engine, pairs, stages, progress=False, learned_at=None,
             if sd.scores is not None:
                 for key, value in sd.scores.items():
                     direction, metric = ("both", "rsum") if key == "rsum" else key.split("_", 1)
-                    retrieval.append((s, probe, direction, metric, value))
+                    lo, hi = _score_interval(sd, key, value)
+                    retrieval.append((s, probe, direction, metric, value, lo, hi))
                 paired.append(pd.DataFrame({"stage": s, "probe": probe, "row": np.arange(len(sd.paired)),
                                             "id": engine.ids(probe, "text", len(sd.paired)), "paired_angle_deg": sd.paired}))
     summary = pd.DataFrame(out["summary"], columns=SUMMARY_COLUMNS)
     items = pd.concat(out["items"], ignore_index=True) if out["items"] else pd.DataFrame(columns=SUMMARY_COLUMNS[:4] + ["row", "id"])
     spectra = pd.concat(out["spectra"], ignore_index=True) if out["spectra"] else pd.DataFrame(
         columns=SPECTRUM_COLUMNS)
-    retrieval_df = pd.DataFrame(retrieval, columns=["stage", "probe", "direction", "metric", "value"])
+    retrieval_df = pd.DataFrame(retrieval, columns=RETRIEVAL_COLUMNS)
     paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(columns=["stage", "probe", "row", "id", "paired_angle_deg"])
     continual = continual_from_retrieval(retrieval_df, list(stages), learned_at)
     return dict(summary=summary, items=items, retrieval=retrieval_df, spectra=spectra, paired=paired_df, continual=continual,

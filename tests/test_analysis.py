@@ -193,6 +193,25 @@ def test_fast_mode_samples_and_ci_covers_exact(tmp_path):
     fa = fast.item_frame("stage0", "stage1", "synthetic", "text").set_index("row")["rank_b"].dropna()
     assert len(fa) == 300
     np.testing.assert_array_equal(fa.to_numpy(), ex.loc[fa.index].to_numpy())
+    # every sampled R@K carries its 95% interval in the retrieval table; an exact R@K's interval is the value itself
+    for res, sampled in ((fast, True), (exact, False)):
+        r = res.retrieval
+        rk = r[r["metric"].str.startswith("R@")]
+        assert len(rk) == 2 * 2 * 3 and np.isfinite(rk[["ci_low", "ci_high"]].to_numpy()).all()
+        assert (rk["ci_low"] <= rk["value"]).all() and (rk["value"] <= rk["ci_high"]).all()
+        if sampled:  # the same intervals as meta["retrieval_ci95"]; most (95% each) hold the exact value
+            covered = []
+            for row in rk.itertuples():
+                key = f"{row.stage}/{row.probe}/{row.direction}_{row.metric}"
+                assert [row.ci_low, row.ci_high] == pytest.approx(fast.meta["retrieval_ci95"][key], abs=1e-4)
+                assert row.ci_high - row.ci_low > 1.0  # 300 of 1,500 queries: a few points wide
+                true = exact.retrieval.set_index(["stage", "direction", "metric"]).loc[(row.stage, row.direction, row.metric), "value"]
+                covered.append(row.ci_low <= true <= row.ci_high)
+            assert sum(covered) >= 9, covered
+        else:
+            np.testing.assert_array_equal(rk["ci_low"], rk["value"])
+            np.testing.assert_array_equal(rk["ci_high"], rk["value"])
+        assert r[~r["metric"].str.startswith("R@")][["ci_low", "ci_high"]].isna().all().all()  # medr, meanr, rsum: none
 
 
 def test_large_n_paths_sample_topology_and_procrustes_rows():

@@ -342,3 +342,27 @@ def test_lookup_reads_what_a_filter_of_the_frame_reads(rows, query):
     want = float(sel["value"].iloc[0]) if len(sel) else float("nan")
     got = F.lookup(frame, ("metric", "stage"))(*query)
     assert got == want or (np.isnan(got) and np.isnan(want))  # the first matching row, keys compared as text
+
+
+def test_sampled_retrieval_is_drawn_with_its_intervals(tmp_path):
+    """Fast mode's R@K carry 95% intervals and the page draws them (bars, and their width in the readings); an exact
+    analysis of the same run has none to draw, and says the cross-stage cells have no sampling error."""
+    from spatial_disorder.synthetic import make_synthetic_run
+
+    run = open_run(make_synthetic_run(tmp_path / "r", n_images=450, captions_per_image=1, d=16, stages=3, rotation_deg=(5.0, 9.0),
+                                      noise=0.6, seed=3))
+    fast = analyze_run(run, fast=True, fast_queries=200)
+    exact = analyze_run(run)  # 450 images: every cell queries them all
+    probe = fast.probe_names[0]
+    fig = F.retrieval_lines(fast, probe)
+    r = fast.retrieval[fast.retrieval["metric"].str.startswith("R@")]
+    widest = float((r["ci_high"] - r["ci_low"]).max())
+    assert f"Bars: 95% intervals of the sampled queries (at most {widest:.1f} points wide)." in fig.reading
+    bars = [c for ax in fig.figure.axes for c in ax.collections if len(c.get_segments())]
+    assert sum(len(c.get_segments()) for c in bars) == len(r)  # one bar per sampled R@K (stages x directions x K)
+    heat = F.r1_heatmap(fast, probe)
+    cs = fast.cross_stage
+    assert f"their 95% intervals are {float((cs.ci_high - cs.ci_low).min()):.1f}-{float((cs.ci_high - cs.ci_low).max()):.1f} points wide" in heat.reading
+    fig_exact = F.retrieval_lines(exact, probe)
+    assert "Bars" not in fig_exact.reading and not any(len(c.get_segments()) for ax in fig_exact.figure.axes for c in ax.collections)
+    assert "(every image: no sampling error)" in F.r1_heatmap(exact, probe).reading

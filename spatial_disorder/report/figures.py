@@ -68,14 +68,14 @@ def stage_order(analysis) -> list[str]:
     return analysis.stages
 
 
-def lookup(frame: pd.DataFrame, columns: tuple[str, ...]) -> Callable[..., float]:
-    """A function of the key ``columns``' values (compared as text) that returns the frame's ``value`` there, or NaN:
+def lookup(frame: pd.DataFrame, columns: tuple[str, ...], field: str = "value") -> Callable[..., float]:
+    """A function of the key ``columns``' values (compared as text) that returns the frame's ``field`` there, or NaN:
     built in one pass over the frame, for a figure that reads dozens of single values (filtering the frame for each
     cost more than drawing the figure). The first matching row wins, as a filter would take it."""
     table: dict = {}
-    if len(frame):
+    if len(frame) and field in frame.columns:
         keys = zip(*(map(str, frame[c].tolist()) for c in columns))  # tolist: iterating an Arrow column costs 5x more
-        for key, value in zip(keys, frame["value"].to_numpy(dtype=float)):
+        for key, value in zip(keys, frame[field].to_numpy(dtype=float)):
             table.setdefault(key, float(value))
     nan = float("nan")
     return lambda *key: table.get(tuple(str(k) for k in key), nan)
@@ -348,7 +348,14 @@ def r1_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
         reading = compatibility_reading(diag, off, chance_pct)
     else:
         reading = f"Image→text R@1 is {_fmt(diag[0])}%."
-    reading += f" Each cell queries {int(queries)} images against every caption (intervals in tables/cross_stage.csv)."
+    reading += f" Each cell queries {int(queries)} images against every caption"
+    cs = analysis.cross_stage
+    width = (cs["ci_high"] - cs["ci_low"])[cs["probe"].astype(str) == probe].to_numpy(dtype=float)
+    width = width[np.isfinite(width)]
+    if width.size and width.max() > 0:  # sampled images: say how far a cell may be from the full gallery's value
+        reading += f"; their 95% intervals are {width.min():.1f}-{width.max():.1f} points wide (every cell's in tables/cross_stage.csv)."
+    else:
+        reading += " (every image: no sampling error)."
     return stage_heatmaps(
         {"image→text R@1": matrix}, stages, f"r1_heatmap_{probe}", "retrieval",
         f"Cross-stage R@1 (rows: image stage, columns: text stage){_probe_label(probe, n_probes)}", "R@1 (%)", reading,
@@ -547,6 +554,8 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     if not stages:
         return None
     value = lookup(sel, ("stage", "direction", "metric"))
+    low, high = (lookup(sel, ("stage", "direction", "metric"), f) for f in ("ci_low", "ci_high"))
+    widest = 0.0  # the widest 95% interval drawn (sampled queries, fast mode); 0 when every query was ranked
     legend_w = legend_inches(["R@10"])
     fig = _figure(10, 3.6, {"left": 0.75, "right": legend_w + 0.1, "bottom": 0.55, "top": 0.35, "gap": 0.3, "panels": 2})
     axes = fig.subplots(1, 2, sharey=True)
@@ -554,8 +563,15 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
     names = {"i2t": "image → text", "t2i": "text → image"}
     for ax, direction in zip(axes, ("i2t", "t2i")):
         for metric, color in zip(("R@1", "R@5", "R@10"), color_cycle(3)):
-            vals = [value(s, direction, metric) for s in stages]
+            vals = np.array([value(s, direction, metric) for s in stages])
             ax.plot(x, vals, marker="o", color=color, label=metric)
+            lo = np.array([low(s, direction, metric) for s in stages])
+            hi = np.array([high(s, direction, metric) for s in stages])
+            sampled = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
+            if sampled.any():
+                ax.errorbar(x[sampled], vals[sampled], yerr=[vals[sampled] - lo[sampled], hi[sampled] - vals[sampled]], fmt="none",
+                            ecolor=color, elinewidth=1.0, capsize=3)
+                widest = max(widest, float(np.max(hi[sampled] - lo[sampled])))
         ax.set_title(names[direction])
         ax.set_xticks(x, stages)
         ax.set_xlabel("stage")
@@ -569,6 +585,8 @@ def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | N
         f"Image→text R@1 goes from {_fmt(a0)}% at {stages[0]} to {_fmt(a1)}% at {stages[-1]}, "
         f"text→image R@1 from {_fmt(b0)}% to {_fmt(b1)}%."
     )
+    if widest > 0:
+        reading += f" Bars: 95% intervals of the sampled queries (at most {widest:.1f} points wide)."
     return ReportFigure(f"retrieval_{probe}", "retrieval", f"Retrieval across stages{_probe_label(probe, n_probes)}", fig, reading)
 
 
