@@ -158,6 +158,16 @@ class RunAnalysis:
         return [str(p) for p in self.meta.get("probes", [])]
 
     @property
+    def k(self) -> int:
+        """Neighbours of the kNN metrics (``meta["k"]``)."""
+        return int(self.meta["k"])
+
+    @property
+    def fast(self) -> bool:
+        """Whether queries were sampled (``meta["fast"]``)."""
+        return bool(self.meta.get("fast", False))
+
+    @property
     def ref(self) -> str:
         """The reference stage: the one the default pairs start from."""
         stages = self.stages

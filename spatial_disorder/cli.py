@@ -125,7 +125,7 @@ def _cmd_analyze(args) -> int:
     out = done.report.write(Path(args.out) if args.out else run.path / "report")
     meta = done.analysis.meta
     print(done.report.summary_text)
-    print(f"backend {meta.get('backend')}, k={meta.get('k')}, fast={meta.get('fast')}; {len(done.report.figures)} figures; "
+    print(f"backend {meta.get('backend')}, k={done.analysis.k}, fast={done.analysis.fast}; {len(done.report.figures)} figures; "
           f"analysis {t_write - t - done.report_s:.1f} s, report {done.report_s + time.perf_counter() - t_write:.1f} s")
     print(f"report: {out / 'index.html'}")
     return 0

@@ -261,7 +261,7 @@ def _pair_summary(pairs, stages="abcdef"):
             for metric, v in (("rotation_mean_deg", 10.0 * abs(stages.index(b) - stages.index(a))),
                               ("knn_overlap_mean", 1 - 0.1 * abs(stages.index(b) - stages.index(a))))]
     summary = pd.DataFrame(rows, columns=["stage_a", "stage_b", "probe", "modality", "metric", "value"])
-    return SimpleNamespace(summary=summary, meta={"k": 10}, stages=list(stages))
+    return SimpleNamespace(summary=summary, meta={"k": 10}, k=10, stages=list(stages))
 
 
 def test_default_pairs_are_drawn_as_lines_and_other_pairs_as_a_heatmap():

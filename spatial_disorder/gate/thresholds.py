@@ -110,7 +110,7 @@ def parse_thresholds(text: str, source: str = "<thresholds>") -> list[Threshold]
         modality = entry.get("modality", "*")
         if modality not in MODALITIES:
             raise InputError(f"{where}: modality must be one of {list(MODALITIES)}, not {modality!r}")
-        allowed = tuple(getattr(registry[metric], "modalities", ("image", "text", "cross")))
+        allowed = registry[metric].modalities
         if modality != "*" and modality not in allowed:
             raise InputError(f"{where}: metric {metric!r} exists for modality {' / '.join(allowed)}, not {modality!r}")
         probe = entry.get("probe", "*")

@@ -312,7 +312,7 @@ def rotation_stages(analysis, probe: str, ref: str, n_probes: int = 1) -> Report
 
 
 def overlap_stages(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
-    k = analysis.meta.get("k", "k")
+    k = analysis.k
     worst = _worst_pair(analysis.summary, "knn_overlap_mean", probe, higher=False)
     if not worst:
         return None
@@ -402,8 +402,8 @@ def _worst_pair(summary: pd.DataFrame, metric: str, probe: str, higher: bool):
 def procrustes_spectra(analysis, probe: str, ref: str, n_probes: int = 1) -> ReportFigure | None:
     """Each rotation plane's angle against the share of the variance it carries (planes in order of angle, each as
     wide as its share), so a large angle in a near-empty plane reads as the narrow sliver it is."""
-    spectra = getattr(analysis, "spectra", None)
-    if spectra is None or not len(spectra):
+    spectra = analysis.spectra
+    if not len(spectra):
         return None
     sel = spectra[(spectra["probe"].astype(str) == probe) & (spectra["stage_a"].astype(str) == ref)]
     if "centred" in sel.columns and (~sel["centred"].astype(bool)).any():
@@ -514,10 +514,10 @@ def rotation_scatter(analysis, probe: str, ref: str, last: str, text_to_image: n
     return ReportFigure(f"rotation_scatter_{probe}", "intermodal", f"Image vs text rotation per item{_probe_label(probe, n_probes)}", fig, reading)
 
 
-def _per_stage_rows(analysis, table: str, probe: str):
-    """Rows of one per-stage table of the analysis for one probe set, and the stages present, in run order."""
-    frame = getattr(analysis, table, None)
-    if frame is None or not len(frame):
+def _per_stage_rows(analysis, frame: pd.DataFrame, probe: str):
+    """Rows of one per-stage table of the analysis (``retrieval``, ``paired``) for one probe set, and the stages present,
+    in run order."""
+    if not len(frame):
         return None, []
     sel = frame[frame["probe"].astype(str) == probe]
     present = distinct(sel["stage"])
@@ -525,7 +525,7 @@ def _per_stage_rows(analysis, table: str, probe: str):
 
 
 def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
-    sel, stages = _per_stage_rows(analysis, "paired", probe)
+    sel, stages = _per_stage_rows(analysis, analysis.paired, probe)
     if not stages:
         return None
     q = np.array([np.nanpercentile(sel.loc[sel["stage"].astype(str) == s, "paired_angle_deg"].to_numpy(float), [10, 25, 50, 75, 90]) for s in stages])
@@ -550,7 +550,7 @@ def paired_angle_plot(analysis, probe: str, n_probes: int = 1) -> ReportFigure |
 
 # --- retrieval -------------------------------------------------------------------------------------------
 def retrieval_lines(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
-    sel, stages = _per_stage_rows(analysis, "retrieval", probe)
+    sel, stages = _per_stage_rows(analysis, analysis.retrieval, probe)
     if not stages:
         return None
     value = lookup(sel, ("stage", "direction", "metric"))
