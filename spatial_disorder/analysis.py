@@ -45,7 +45,7 @@ from .metrics.procrustes import (
     gram,
     small_linalg,
 )
-from .metrics.registry import FAMILIES, METRICS
+from .metrics.registry import FAMILIES, ITEM_COLUMNS, METRICS
 from .metrics.retrieval import (
     DEFAULT_KS,
     RetrievalRanks,
@@ -360,7 +360,10 @@ class PairContext:
         self._summary.append((self.a, self.b, self.probe, modality, metric, float(value)))
 
     def item(self, modality: str, column: str, values) -> None:
-        """A per-item column (one value per image, or per caption for "text" and "cross")."""
+        """A per-item column (one value per image, or per caption for "text" and "cross"); the column must be declared
+        by a family (``Family.items``), as a metric must be registered."""
+        if column not in ITEM_COLUMNS:
+            raise KeyError(f"per-item column {column!r} is not declared by any family (Family.items, metrics/registry.py)")
         self.columns.setdefault(modality, {})[column] = np.asarray(values)
 
     def spectrum(self, kind: str, centred: bool, angles, shares, dim: int, held: float) -> None:

@@ -292,8 +292,14 @@ def test_calibrate_drops_bounds_that_cannot_bind_or_leave_the_range():
 def test_value_range_is_ordered_and_holds_the_identical_input_value(metric):
     lo, hi = value_range(metric)
     assert lo < hi
-    if METRICS[metric].unit == "deg" and metric not in ("procrustes_angle_deg", "procrustes_centred_angle_deg", "intermodal_rotation_deg"):
+    info = METRICS[metric]
+    if info.bounds is not None:  # declared by the metric itself (geodesic norms over planes, gaps between unit vectors)
+        assert (lo, hi) == info.bounds
+    elif info.unit == "deg":
         assert (lo, hi) in ((0.0, 180.0), (-180.0, 180.0))
+    elif info.unit in ("percent", "fraction", "0/1"):  # shares and recalls: no value outside [0, 1] or [0, 100]
+        assert lo == 0.0 and hi == {"percent": 100.0}.get(info.unit, 1.0)
+    assert np.isfinite(lo) or np.isfinite(hi)  # every registered metric is bounded on at least one side
 
 
 def _calibration_case(seed, angle, shift, n=40, d=8):

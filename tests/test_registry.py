@@ -112,3 +112,29 @@ def test_report_reads_only_the_analysis(tmp_path, monkeypatch):
     assert {"r1_heatmap_synthetic", "trajectories_synthetic", "flips_synthetic"} <= {f.key for f in report.figures}
     cmp = compare_runs([run, run], [analysis, analysis])
     assert len(cmp.summary)
+
+
+def test_per_item_columns_must_be_declared_like_metrics(tmp_path):
+    """A family's per-item column reaches RunAnalysis.items when the family declares it (Family.items), and a column no
+    family declares fails where it is written, as an unregistered metric does."""
+    run = open_run(make_synthetic_run(tmp_path / "r", n_images=30, stages=2, d=8, noise=0.1))
+
+    def pair(ctx):
+        if ctx.cross:
+            img, txt = ctx.unit(ctx.b, "image"), ctx.unit(ctx.b, "text")
+            ctx.item("cross", "toy_cosine_b", np.sum(img[ctx.text_to_image] * txt, axis=1))
+
+    declared = Family("toy_items", "other", (), pair, {"toy_cosine_b": ("cross", "cosine")})
+    register(declared)
+    try:
+        items = analyze_run(run).items
+        cross = items[items["modality"] == "cross"]
+        assert len(cross) and np.isfinite(cross["toy_cosine_b"].to_numpy(float)).all()
+    finally:
+        unregister("toy_items")
+    register(Family("toy_items", "other", (), pair))  # the same column, undeclared
+    try:
+        with pytest.raises(KeyError, match="'toy_cosine_b' is not declared"):
+            analyze_run(run)
+    finally:
+        unregister("toy_items")

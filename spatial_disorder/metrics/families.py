@@ -7,6 +7,7 @@ computed once per stage (kNN lists, retrieval ranks, paired angles, centroids) o
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,6 +26,8 @@ from .registry import Family, MetricInfo, register
 from .rotation import distribution
 
 M = MetricInfo
+GEODESIC = (0.0, math.inf)  # a norm over rotation planes, sqrt(sum_p theta_p^2): up to 180 * sqrt(d / 2) degrees, not 180
+UNIT_GAP = (0.0, 2.0)  # the distance between two means of unit vectors
 
 
 # --- rotation ------------------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ PROCRUSTES = register(Family("procrustes", "rotation", (
     M("procrustes_angle_deg", "intra", "deg",
       "Geodesic angle of the best proper rotation R from a to b, fitted where the data live (the principal subspace of "
       "both stages: directions with at least a tenth of the average variance).",
-      "sqrt(sum_planes theta_p^2), R = argmin ||A R - B||_F over rotations of span(U)", "higher", headline=True),
+      "sqrt(sum_planes theta_p^2), R = argmin ||A R - B||_F over rotations of span(U)", "higher", headline=True, bounds=GEODESIC),
     M("procrustes_max_angle_deg", "intra", "deg", "Largest plane angle of that rotation.", "max_p theta_p", "higher"),
     M("procrustes_residual_frac", "intra", "fraction",
       "Share of the change not explained by the rigid rotation (0: pure rotation, 1: nothing explained).",
@@ -108,7 +111,7 @@ PROCRUSTES = register(Family("procrustes", "rotation", (
     M("procrustes_variance_held", "intra", "fraction", "Share of the two stages' variance inside that subspace.",
       "sum_{k <= r} lambda_k(M) / tr(M)", "lower", calibrate=False),
     M("procrustes_centred_angle_deg", "intra", "deg", "Geodesic Procrustes angle after centring both stages (same rule).",
-      "as procrustes_angle_deg on A - mean(A), B - mean(B)", "higher"),
+      "as procrustes_angle_deg on A - mean(A), B - mean(B)", "higher", bounds=GEODESIC),
     M("procrustes_centred_max_angle_deg", "intra", "deg", "Largest plane angle of the centred Procrustes rotation.",
       "max_p theta_p (centred)", "higher"),
     M("procrustes_centred_residual_frac", "intra", "fraction", "Residual fraction after centring both stages.",
@@ -125,7 +128,8 @@ PROCRUSTES = register(Family("procrustes", "rotation", (
       "mean_i angle(a_i R, b_i)", "higher"),
     M("intermodal_rotation_deg", "cross", "deg",
       "Geodesic angle of R_image^T R_text, both fitted in the principal subspace of the two modalities at both stages: "
-      "how differently the two modalities rotated.", "sqrt(sum_planes theta_p(R_I^T R_T)^2)", "higher", section="intermodal", headline=True, compare=True),
+      "how differently the two modalities rotated.", "sqrt(sum_planes theta_p(R_I^T R_T)^2)", "higher", section="intermodal", headline=True, compare=True,
+      bounds=GEODESIC),
     M("intermodal_rotation_max_deg", "cross", "deg", "Largest plane angle of R_image^T R_text.", "max_p theta_p(R_I^T R_T)", "higher", section="intermodal"),
     M("intermodal_rotation_dim", "cross", "count", "Dimension of the shared subspace of the inter-modal comparison.",
       "as procrustes_dim on the four pooled clouds", "higher", calibrate=False, section="intermodal"),
@@ -203,7 +207,8 @@ RETRIEVAL = register(Family("retrieval", "retrieval", (
       "R@1_i2t(b) - R@1_i2t(a)", "lower", "antisymmetric", headline=True, compare=True),
     M("t2i_R@1_delta", "cross", "percent points", "Change of text-to-image R@1 (candidate b minus reference a).",
       "R@1_t2i(b) - R@1_t2i(a)", "lower", "antisymmetric", headline=True, compare=True),
-    M("rsum_delta", "cross", "percent points", "Change of rsum (b minus a).", "rsum(b) - rsum(a)", "lower", "antisymmetric"),
+    M("rsum_delta", "cross", "percent points", "Change of rsum (b minus a).", "rsum(b) - rsum(a)", "lower", "antisymmetric",
+      bounds=(-600.0, 600.0)),  # rsum adds six R@K values
     M("flips_i2t_lost", "cross", "fraction", "Share of images retrieved at rank 1 at a and not at b (image-to-text).",
       "mean_i [r^a_i = 1 and r^b_i > 1]", "higher", "antisymmetric"),
     M("flips_i2t_gained", "cross", "fraction", "Share of images not at rank 1 at a and at rank 1 at b (image-to-text).",
@@ -259,9 +264,12 @@ DEVIATION = register(Family("deviation", "intermodal", (
     M("rotation_mismatch_mean_deg", "cross", "deg",
       "Mean absolute difference between the rotation angle of a caption's image and of the caption itself.",
       "mean_j |rot^I_{g(j)} - rot^T_j|", "higher", headline=True, compare=True),
-    M("modality_gap_a", "cross", "distance", "Modality gap at stage a.", "||mean_i a^I_i - mean_j a^T_j||_2", "higher", calibrate=False),
-    M("modality_gap_b", "cross", "distance", "Modality gap at stage b.", "||mean_i b^I_i - mean_j b^T_j||_2", "higher", calibrate=False),
-    M("modality_gap_change", "cross", "distance", "Change of the modality gap (b minus a).", "gap_b - gap_a", "higher", "antisymmetric"),
+    M("modality_gap_a", "cross", "distance", "Modality gap at stage a.", "||mean_i a^I_i - mean_j a^T_j||_2", "higher", calibrate=False,
+      bounds=UNIT_GAP),
+    M("modality_gap_b", "cross", "distance", "Modality gap at stage b.", "||mean_i b^I_i - mean_j b^T_j||_2", "higher", calibrate=False,
+      bounds=UNIT_GAP),
+    M("modality_gap_change", "cross", "distance", "Change of the modality gap (b minus a).", "gap_b - gap_a", "higher", "antisymmetric",
+      bounds=(-UNIT_GAP[1], UNIT_GAP[1])),
 ), _deviation_pair, {"paired_angle_a_deg": ("cross", "deg"), "paired_angle_b_deg": ("cross", "deg"),
                      "paired_angle_change_deg": ("cross", "deg"), "rotation_mismatch_deg": ("cross", "deg")}))
 

@@ -24,7 +24,8 @@ SECTIONS = ("retrieval", "rotation", "topology", "neighbours", "intermodal", "up
 class MetricInfo:
     """One summary metric. The flags say where it is used: ``headline`` (terminal and overview table, in
     registration order), ``compare`` (the ``sd-analyze compare`` figures), ``gate`` (may be named in a thresholds
-    file) and ``calibrate`` (``check --calibrate`` proposes a threshold; off for bookkeeping values)."""
+    file) and ``calibrate`` (``check --calibrate`` proposes a threshold; off for bookkeeping values). ``bounds``: the
+    smallest and largest value the metric can take, where its unit alone does not say (``value_range``)."""
 
     name: str
     kind: str
@@ -39,6 +40,7 @@ class MetricInfo:
     compare: bool = False
     gate: bool = True
     calibrate: bool = True
+    bounds: tuple[float, float] | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -53,29 +55,25 @@ class MetricInfo:
 # Every registered metric (filled by ``register``; the built-in families live in metrics/families.py).
 METRICS: dict[str, MetricInfo] = {}
 
-# Norms over rotation planes, sqrt(sum_p theta_p^2): up to 180 * sqrt(d / 2) degrees, not 180.
-GEODESIC = {"procrustes_angle_deg", "procrustes_centred_angle_deg", "intermodal_rotation_deg"}
-# The ends a value can reach, where the unit alone does not say (embeddings are unit vectors: gaps are at most 2).
-_RANGES = {"modality_gap_a": (0.0, 2.0), "modality_gap_b": (0.0, 2.0), "modality_gap_change": (-2.0, 2.0),
-           "rsum_delta": (-600.0, 600.0)}
+# The ends a value of each unit can reach; a metric whose values reach further (or less far) declares ``bounds``.
 _UNIT_RANGES = {"deg": (0.0, 180.0), "fraction": (0.0, 1.0), "count": (0.0, math.inf), "nats": (0.0, math.inf),
-                "percent points": (-100.0, 100.0), "distance": (0.0, math.inf)}
+                "percent points": (-100.0, 100.0), "distance": (0.0, math.inf), "percent": (0.0, 100.0), "0/1": (0.0, 1.0),
+                "ratio": (0.0, math.inf)}
 
 
 def value_range(name: str) -> tuple[float, float]:
     """The smallest and largest value a metric can take (inclusive); (-inf, inf) when unknown.
 
-    Angles of one item or one plane lie in [0, 180] degrees, signed changes of them in [-180, 180]; geodesic
-    norms over planes are only bounded below. A threshold at or beyond an end can never be violated.
+    The metric's own ``bounds`` when it declares them (geodesic norms over rotation planes, gaps between unit vectors),
+    else its unit's: angles of one item or one plane lie in [0, 180] degrees, signed changes of them in [-180, 180].
+    A threshold at or beyond an end can never be violated.
     """
-    if name in _RANGES:
-        return _RANGES[name]
     info = METRICS.get(name)
     if info is None:
         return -math.inf, math.inf
+    if info.bounds is not None:
+        return info.bounds
     lo, hi = _UNIT_RANGES.get(info.unit, (-math.inf, math.inf))
-    if name in GEODESIC:
-        hi = math.inf
     if info.symmetry == "antisymmetric" and info.unit in ("deg", "distance") and lo == 0.0:
         lo = -hi  # a change (b minus a) of a non-negative quantity
     return lo, hi
