@@ -268,8 +268,8 @@ def _cmd_bridge(args) -> int:
 def _add_comparison_inputs(p, verb: str) -> None:
     """The three input forms shared by ``check`` and ``bridge``: two stages of a run, two runs, or bare arrays."""
     p.add_argument("run", nargs="?", help=f"a run: {verb} its stages --ref and --candidate")
-    p.add_argument("--ref", default="0", help="reference (old) stage of RUN (default 0)")
-    p.add_argument("--candidate", help="candidate (new) stage of RUN (default -1), or the candidate run with --reference")
+    p.add_argument("--ref", default="0", help="reference (old) stage of RUN, index or name (default 0)")
+    p.add_argument("--candidate", help="candidate (new) stage of RUN, index or name (default -1, the last), or the candidate run with --reference")
     p.add_argument("--reference", metavar="RUN_A", help="reference run (the same --stage of two runs)")
     p.add_argument("--stage", default="-1", help="stage compared between two runs (default -1, the last)")
     for side in ("ref", "cand"):
