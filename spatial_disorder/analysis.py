@@ -661,11 +661,9 @@ def _proportion_ci(p: float, n: int, big_n: int) -> tuple[float, float]:
 def _score_interval(sd: _StageData, key: str, value: float) -> tuple[float, float]:
     """The 95% interval of one retrieval score: sampled R@K (fast mode) from its queries, an exact R@K the value itself
     (no sampling error), NaN for the scores without one (median and mean rank, rsum)."""
-    if sd.score_ci and key in sd.score_ci:
-        return sd.score_ci[key]
-    if "_R@" in key and sd.ranks is not None and all(np.isfinite(np.asarray(r, dtype=float)).all() for r in (sd.ranks.i2t, sd.ranks.t2i)):
-        return value, value
-    return float("nan"), float("nan")
+    if "_R@" not in key:
+        return float("nan"), float("nan")
+    return sd.score_ci[key] if sd.score_ci is not None else (value, value)  # score_ci is set exactly when queries were sampled
 
 
 def _recall_ci(ranks: RetrievalRanks, population: dict) -> dict:

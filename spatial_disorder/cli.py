@@ -133,17 +133,14 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_compare(args) -> int:
     from .report import compare_runs
-    from .report.compare import check_same_items, run_names
+    from .report.compare import check_same_items, run_names, shown_probes
     from .run import open_run
 
     runs = [open_run(p) for p in args.runs]
     check_same_items(runs)  # refuse before any work
     with _stage_errors():  # stages are matched by position: --ref is found in the first run and taken by position in all
         ref = runs[0].stage_index(_stage_arg(args.ref))
-    probes = sorted(dict.fromkeys(args.probe)) if args.probe else sorted(runs[0].probes)
-    unknown = [p for p in probes if p not in runs[0].probes]
-    if unknown:
-        raise InputError(f"no probe set {unknown[0]!r}; probe sets are {sorted(runs[0].probes)}")
+    probes = shown_probes(runs, args.probe)  # refused before any work too
     analyses = [_analyse(run, args, ref) for run in runs]
     report = compare_runs(runs, analyses, png=args.png, ref=ref, probes=probes)
     names = run_names(runs)

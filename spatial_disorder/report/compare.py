@@ -173,6 +173,17 @@ class CompareReport:
         return write_folder(out, self.files())
 
 
+def shown_probes(runs, probes=None) -> list[str]:
+    """The probe sets a comparison shows, sorted: ``probes`` (default: every set of the first run), each of which the
+    runs must hold (one error line otherwise)."""
+    have = sorted(runs[0].probes)
+    shown = have if not probes else sorted(dict.fromkeys(probes))
+    unknown = [p for p in shown if p not in runs[0].probes]
+    if unknown:
+        raise InputError(f"no probe set {unknown[0]!r}; probe sets are {have}")
+    return shown
+
+
 def compare_runs(runs, analyses, png: bool = False, ref: int = 0, probes=None) -> CompareReport:
     """Side-by-side comparison of analyses of runs with the same probe items and stage count.
 
@@ -187,10 +198,7 @@ def compare_runs(runs, analyses, png: bool = False, ref: int = 0, probes=None) -
     n_stages = len(runs[0].stages)
     if not 0 <= ref < n_stages:
         raise InputError(f"reference stage position {ref} is out of range: the runs hold {n_stages} stages")
-    shown = sorted(runs[0].probes) if probes is None else sorted(dict.fromkeys(probes))
-    unknown = [p for p in shown if p not in runs[0].probes]
-    if unknown:
-        raise InputError(f"no probe set {unknown[0]!r}; probe sets are {sorted(runs[0].probes)}")
+    shown = shown_probes(runs, probes)
     figs = []
     with report_style():
         for probe in shown:
