@@ -582,7 +582,7 @@ class _Engine:
             ranks = sampled_ranks(queries, self.unit(text_stage, probe, "text"), t2i, np.arange(len(queries)), np.array([], dtype=np.int64),
                                   backend=self.backend).i2t
         p = float(np.mean(ranks == 1))
-        lo, hi = _proportion_ci(p, len(ranks), n_img)
+        lo, hi = proportion_ci(p, len(ranks), n_img)
         self.add_time("cross_stage_s", time.perf_counter() - t)
         return CrossStageCell(100.0 * p, 100.0 * lo, 100.0 * hi, len(ranks))
 
@@ -648,14 +648,47 @@ class _Engine:
         return ps.table(modality)["id"].astype(str).to_numpy()
 
 
-def _proportion_ci(p: float, n: int, big_n: int) -> tuple[float, float]:
-    """95% interval of a proportion ``p`` seen on ``n`` of ``big_n`` items (normal approximation, finite-population
-    correction: zero width when every item was seen)."""
-    if not n:
+def proportion_ci(p: float, n: int, big_n: int, level: float = 0.95) -> tuple[float, float]:
+    """Interval of a population share from a proportion ``p`` seen on ``n`` seeded items of ``big_n`` (drawn without
+    replacement): the exact interval of the hypergeometric distribution, every population count K whose probability of
+    a result at least as extreme as the one seen is above (1 - level) / 2 on its side. It covers the share at least
+    ``level`` of the time, stays inside [0, 1], keeps a width when every sampled item hit or missed (200 sampled queries
+    that all hit are no proof that every query would) and has none when every item was seen."""
+    if not n or not np.isfinite(p):
         return float("nan"), float("nan")
-    fpc = np.sqrt((big_n - n) / max(1, big_n - 1)) if n < big_n else 0.0
-    half = 1.96 * np.sqrt(p * (1 - p) / max(1, n - 1)) * fpc
-    return max(0.0, p - half), min(1.0, p + half)
+    if n >= big_n:
+        return p, p
+    hits = int(round(p * n))
+    alpha = (1.0 - level) / 2.0
+    log_fact = _log_factorials(big_n)
+
+    def pmf(k: int) -> np.ndarray:  # P(X = i | K = k) for i = 0..n (zero where impossible)
+        i = np.arange(n + 1)
+        ok = (i <= k) & (n - i <= big_n - k)
+        i = i[ok]
+        out = np.zeros(n + 1)
+        out[ok] = np.exp(log_fact[k] - log_fact[i] - log_fact[k - i] + log_fact[big_n - k] - log_fact[n - i]
+                         - log_fact[big_n - k - n + i] - log_fact[big_n] + log_fact[n] + log_fact[big_n - n])
+        return out
+
+    def first(lo: int, hi: int, holds) -> int:  # the smallest k in [lo, hi] where the monotone ``holds`` is true
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if holds(mid) else (mid + 1, hi)
+        return lo
+
+    k_min, k_max = hits, big_n - (n - hits)  # the population holds at least the hits seen and the misses seen
+    low = first(k_min, k_max, lambda k: pmf(k)[hits:].sum() > alpha)  # P(X >= hits) grows with K
+    high = first(k_min, k_max, lambda k: pmf(k)[: hits + 1].sum() <= alpha) - 1  # P(X <= hits) falls with K
+    if pmf(k_max)[: hits + 1].sum() > alpha:
+        high = k_max
+    return low / big_n, max(low, high) / big_n
+
+
+@functools.lru_cache(maxsize=8)
+def _log_factorials(n: int) -> np.ndarray:
+    """log(i!) for i = 0..n."""
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
 
 
 def _score_interval(sd: _StageData, key: str, value: float) -> tuple[float, float]:
@@ -673,7 +706,7 @@ def _recall_ci(ranks: RetrievalRanks, population: dict) -> dict:
         r = np.asarray(r, dtype=np.float64)
         r = r[np.isfinite(r)]
         for k in DEFAULT_KS:
-            lo, hi = _proportion_ci(float(np.mean(r <= k)) if len(r) else float("nan"), len(r), population[direction])
+            lo, hi = proportion_ci(float(np.mean(r <= k)) if len(r) else float("nan"), len(r), population[direction])
             out[f"{direction}_R@{k}"] = (100.0 * lo, 100.0 * hi)
     return out
 
