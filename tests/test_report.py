@@ -362,7 +362,8 @@ def test_sampled_retrieval_is_drawn_with_its_intervals(tmp_path):
     assert sum(len(c.get_segments()) for c in bars) == len(r)  # one bar per sampled R@K (stages x directions x K)
     heat = F.r1_heatmap(fast, probe)
     cs = fast.cross_stage
-    assert f"their 95% intervals are {float((cs.ci_high - cs.ci_low).min()):.1f}-{float((cs.ci_high - cs.ci_low).max()):.1f} points wide" in heat.reading
+    lo, hi = f"{float((cs.ci_high - cs.ci_low).min()):.1f}", f"{float((cs.ci_high - cs.ci_low).max()):.1f}"
+    assert f"their 95% intervals are {lo if lo == hi else f'{lo}-{hi}'} points wide" in heat.reading
     fig_exact = F.retrieval_lines(exact, probe)
     assert "Bars" not in fig_exact.reading and not any(len(c.get_segments()) for ax in fig_exact.figure.axes for c in ax.collections)
     assert "(every image: no sampling error)" in F.r1_heatmap(exact, probe).reading

@@ -353,7 +353,8 @@ def r1_heatmap(analysis, probe: str, n_probes: int = 1) -> ReportFigure | None:
     width = (cs["ci_high"] - cs["ci_low"])[cs["probe"].astype(str) == probe].to_numpy(dtype=float)
     width = width[np.isfinite(width)]
     if width.size and width.max() > 0:  # sampled images: say how far a cell may be from the full gallery's value
-        reading += f"; their 95% intervals are {width.min():.1f}-{width.max():.1f} points wide (every cell's in tables/cross_stage.csv)."
+        span = f"{width.min():.1f}" if f"{width.min():.1f}" == f"{width.max():.1f}" else f"{width.min():.1f}-{width.max():.1f}"
+        reading += f"; their 95% intervals are {span} points wide (every cell's in tables/cross_stage.csv)."
     else:
         reading += " (every image: no sampling error)."
     return stage_heatmaps(
