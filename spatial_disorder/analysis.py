@@ -679,9 +679,8 @@ def proportion_ci(p: float, n: int, big_n: int, level: float = 0.95) -> tuple[fl
 
     k_min, k_max = hits, big_n - (n - hits)  # the population holds at least the hits seen and the misses seen
     low = first(k_min, k_max, lambda k: pmf(k)[hits:].sum() > alpha)  # P(X >= hits) grows with K
-    high = first(k_min, k_max, lambda k: pmf(k)[: hits + 1].sum() <= alpha) - 1  # P(X <= hits) falls with K
-    if pmf(k_max)[: hits + 1].sum() > alpha:
-        high = k_max
+    # P(X <= hits) falls with K: the last K where it is above alpha (k_max + 1 stands for "none beyond")
+    high = first(k_min, k_max + 1, lambda k: k > k_max or pmf(k)[: hits + 1].sum() <= alpha) - 1
     return low / big_n, max(low, high) / big_n
 
 
