@@ -24,6 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
+from ..machine import usable_cores
 from . import figures as F
 from . import upgrade as U
 from .style import report_style
@@ -60,11 +61,7 @@ def default_workers() -> int:
     """Cores this process may use (at most 4), or 1 where workers cannot be forked."""
     if not can_fork():
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, usable_cores()))
 
 
 def resolve_workers(workers: int | None) -> int:

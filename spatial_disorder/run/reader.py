@@ -13,6 +13,7 @@ import numpy as np
 
 from ..atomic import sha256_file
 from ..errors import RunFormatError
+from ..machine import usable_cores
 from .probe import ProbeSet, load_probe
 from .schema import MANIFEST, MODALITIES, check_manifest, safe_relpath
 
@@ -235,7 +236,7 @@ def check_checksums(files: list[tuple[Path, str]], threads: int = HASH_THREADS) 
     ``RunFormatError`` names the first failing file in the order given (the same file a one-by-one check names)."""
     if not files:
         return
-    workers = max(1, min(threads, len(files), _usable_cores()))
+    workers = max(1, min(threads, len(files), usable_cores()))
     if workers == 1:
         got = [sha256_file(path) for path, _ in files]
     else:
@@ -244,13 +245,6 @@ def check_checksums(files: list[tuple[Path, str]], threads: int = HASH_THREADS) 
     for (path, want), digest in zip(files, got):
         if digest != want:
             raise RunFormatError(path, f"checksum mismatch (sha256 {digest[:12]}..., manifest says {want[:12]}...)")
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_sha(path: Path, want: str) -> None:
