@@ -91,12 +91,10 @@ class Run:
         Headers are checked first, then checksums (several files hashed at once, ``check_checksums``), then finiteness;
         each check names the first failing file in manifest order."""
         entries = list(self._arrays.values())
-        for entry in entries:
-            _open_npy(entry)
+        arrays = [_open_npy(entry) for entry in entries]  # memory maps: the headers are read, no data
         if check_sha256:
             check_checksums([(entry.path, entry.sha256) for entry in entries])
-        for entry in entries if check_finite else ():
-            arr = _open_npy(entry)
+        for entry, arr in zip(entries, arrays) if check_finite else ():
             for start in range(0, arr.shape[0], _FINITE_BLOCK):
                 block = np.asarray(arr[start : start + _FINITE_BLOCK])
                 bad = ~np.isfinite(block).all(axis=1)
